@@ -371,17 +371,18 @@ class VSEModel(
             load_image_backbone_weights=reload_image,
             load_text_backbone_weights=reload_text,
         )
-        model._load_weights(folder)
+        model.load_weights(folder)
         model._check_backbone_fingerprints(folder)
         if (folder / METRICS_FILE).is_file():
             model.metrics = json.loads((folder / METRICS_FILE).read_text())
         return model.to(map_location).eval()
 
-    def _load_weights(self, folder: Path) -> None:
-        weights = folder / WEIGHTS_FILE
+    def load_weights(self, folder: Path) -> None:
+        """Overwrite the weights with those saved in ``folder`` (same architecture)."""
+        weights = Path(folder) / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}")
-        state = load_file(str(weights))
+        state = load_file(str(weights), device=str(self.device))
         expected = {name for name in self.state_dict() if self._is_saved(name)}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(self.state_dict()))
         if missing or unexpected:

@@ -1,0 +1,203 @@
+"""End to end: train both stages on a small imagefolder, evaluate, save, load, push."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.data_factory import make_shapes_dataset
+from training import evaluate as evaluate_cli
+from training import push as push_cli
+from training.train import main as train_main
+from vse import VSEModel
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+def train_args(shapes: Path, output: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        f"--data.captions.path={shapes / 'captions'}",
+        f"--data.validation.path={shapes / 'captions'}",
+        f"--data.test.path={shapes / 'captions'}",
+        f"--data.web.path={shapes / 'web'}",
+        f"--data.cache_dir={cache}",
+        f"--output_dir={output}",
+        "--model.embed_dim=64",
+        "--stage1.optim.batch_size=16",
+        "--stage1.optim.epochs=6",
+        "--stage2.optim.batch_size=16",
+        "--stage2.optim.epochs=2",
+        "--progress=false",
+        *extra,
+    ]
+
+
+def read_log(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("text_encoder", ["transformer", "gru"])
+def test_two_stages_evaluate_save_load(shapes, tmp_path, text_encoder, capsys):
+    gru = ["--model.text_encoder=gru", "--data.min_word_frequency=1", "--model.word_dim=64", "--stage1.optim.epochs=12"]
+    extra = gru if text_encoder == "gru" else []
+    output, cache = tmp_path / "run", tmp_path / "cache"
+    assert train_main(train_args(shapes, output, cache, *extra)) == 0
+    log = read_log(output)
+    stage1 = [r for r in log if r["stage"] == "stage1"]
+    stage2 = [r for r in log if r["stage"] == "stage2"]
+    assert len(stage1) == (12 if text_encoder == "gru" else 6) and len(stage2) == 2
+    assert stage1[-1]["loss"] < stage1[0]["loss"]  # the loss falls
+    assert stage2[0]["pairs"]["web_tags"] < stage2[1]["pairs"]["web_tags"]  # curriculum grows
+    model = VSEModel.from_pretrained(output / "model")
+    test = model.metrics["test"]
+    # 12 test images, 3 captions each: chance is R@1 = 1/12 (8.3%) and R@5 = 41.7%.
+    assert test["t2i_R@1"] > 25.0 and test["i2t_R@5"] > 60.0
+    card = (output / "model" / "README.md").read_text()
+    assert f"{test['rsum']:.2f}" in card and "web_tags" in card and "captions" in card
+    # The evaluation CLI reproduces the stored test metrics from the saved folder.
+    capsys.readouterr()
+    code = evaluate_cli.main(["--model", str(output / "model"), "--data", str(shapes / "captions"), "--split", "test",
+                              "--cache-dir", str(cache), "--json", str(tmp_path / "eval.json")])  # fmt: skip
+    assert code == 0
+    assert "rsum" in capsys.readouterr().out
+    evaluated = json.loads((tmp_path / "eval.json").read_text())["full"]
+    assert evaluated["rsum"] == pytest.approx(test["rsum"], abs=1e-6)
+    assert json.loads((output / "replicas.json").read_text())["world_size"] == 1
+
+
+def test_resume_continues_where_it_stopped(shapes, tmp_path, caplog):
+    output, cache = tmp_path / "run", tmp_path / "cache"
+    base = train_args(shapes, output, cache, "--stage2.enabled=false")
+    assert train_main([*base, "--stage1.optim.epochs=2"]) == 0
+    first = VSEModel.from_pretrained(output / "checkpoint" / "model")
+    caplog.set_level("INFO")
+    assert train_main([*base, "--stage1.optim.epochs=3"]) == 0
+    assert "resuming after epoch 2" in caplog.text
+    epochs = [r["epoch"] for r in read_log(output)]
+    assert epochs == [1, 2, 3]  # nothing retrained
+    assert first is not None
+
+
+def test_corrections_feed_stage_one(shapes, tmp_path):
+    from training.config import TrainConfig
+    from training.configuration import load_config
+    from training.pipeline import attach_images, build_model, read_sources
+    from training.runtime import Runtime
+    from training.train import build_pairs
+
+    web_ids = [
+        json.loads(line)["id"] for line in (shapes / "web" / "train" / "metadata.jsonl").read_text().splitlines()
+    ]
+    corrections = tmp_path / "corrections.jsonl"
+    rows = [
+        {"image_id": web_ids[0], "tag": "clipart", "verdict": "wrong"},
+        {"image_id": web_ids[0], "tag": "image", "verdict": "wrong"},
+        {"image_id": web_ids[0], "tag": "unsorted", "verdict": "wrong"},
+        {"image_id": web_ids[0], "tag": "icon", "verdict": "wrong"},
+        {"image_id": web_ids[0], "tag": "public domain", "verdict": "wrong"},
+        {"image_id": web_ids[1], "tag": "shiny", "verdict": "added"},
+    ]
+    corrections.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(
+        TrainConfig, None, train_args(shapes, tmp_path / "run", tmp_path / "cache", f"--data.corrections={corrections}")
+    )
+    runtime = Runtime()
+    sources = read_sources(config)
+    model = build_model(config, sources)
+    attach_images(model, sources, config, runtime)
+    pairs = build_pairs(model, sources, config, runtime)
+    verified = pairs["verified_tags"]
+    assert len(verified) == 2
+    texts = dict(zip([sources.web.table.ids[r] for r in verified.image_rows], verified.texts, strict=True))
+    assert "clipart" not in texts[web_ids[0]] and "unsorted" not in texts[web_ids[0]]
+    assert texts[web_ids[1]].endswith("shiny")
+
+
+def test_bad_rows_are_skipped_and_bad_sources_explained(shapes, tmp_path, caplog):
+    import shutil
+
+    data = Path(shutil.copytree(shapes, tmp_path / "data"))
+    train = data / "captions" / "train"
+    images = sorted(p for p in train.iterdir() if p.suffix == ".png")
+    images[0].write_bytes(b"not a png")  # corrupt
+    images[1].write_bytes(images[1].read_bytes()[:50])  # truncated
+    lines = (train / "metadata.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row["captions"] = ["", "   "]
+    lines[2] = json.dumps(row)
+    (train / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    caplog.set_level("INFO")
+    output = tmp_path / "run"
+    args = train_args(data, output, tmp_path / "cache", "--stage1.optim.epochs=1", "--stage2.enabled=false")
+    assert train_main(args) == 0
+    assert "unreadable images skipped" in caplog.text and "empty captions" in caplog.text
+    assert read_log(output)[0]["pairs"]["captions"] == (36 - 3) * 3
+
+    # A missing column and an absent web source stop the run before training, with a clear message.
+    caplog.clear()
+    assert train_main([*args, "--data.captions.text_column=caption"]) == 2
+    assert "has no column ['caption']" in caplog.text
+    empty_web = tmp_path / "web.jsonl"
+    empty_web.write_text(json.dumps({"image": str(images[5]), "tags": [], "id": "x"}) + "\n")
+    caplog.clear()
+    assert train_main([*args, "--stage2.enabled=true", f"--data.web.path={empty_web}", "--data.web.split=train"]) == 2
+    assert "stage two needs web image-tag pairs" in caplog.text
+
+
+def test_push_cli_uploads_model_with_card(shapes, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    output = tmp_path / "run"
+    assert (
+        train_main(train_args(shapes, output, tmp_path / "cache", "--stage1.optim.epochs=1", "--stage2.optim.epochs=1"))
+        == 0
+    )
+    uploaded = {}
+
+    class Repo:
+        repo_id = "someone/vse-shapes"
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploaded.update(files=sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()),
+                        card=(folder / "README.md").read_text(), repo_id=repo_id, kwargs=kwargs)  # fmt: skip
+        return "https://huggingface.co/someone/vse-shapes/commit/1"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, **k: Repo())
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert push_cli.main(["--model", str(output / "model"), "--repo", "someone/vse-shapes"]) == 0
+    assert "pushed to https://huggingface.co/someone/vse-shapes/commit/1" in capsys.readouterr().out
+    assert {"model.safetensors", "config.json", "README.md", "metrics.json", "backbones.json"} <= set(uploaded["files"])
+    card = uploaded["card"]
+    assert "someone/vse-shapes" in card and "## Results" in card and "fingerprint" in card and "stage2" in card
+    assert push_cli.main(["--model", str(tmp_path / "missing"), "--repo", "someone/x"]) == 2
+
+
+def test_two_processes_end_with_identical_weights(shapes, tmp_path):
+    """Two CPU processes (gloo) with negatives gathered across them."""
+    output = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "-m", "training.train", *train_args(shapes, output, tmp_path / "cache", "--stage1.optim.epochs=2",
+                                             "--stage2.optim.epochs=1", "--stage1.optim.batch_size=8"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    replicas = json.loads((output / "replicas.json").read_text())
+    assert replicas["world_size"] == 2 and len(set(replicas["digests"])) == 1
+    log = read_log(output)
+    assert len([r for r in log if r["stage"] == "stage1"]) == 2  # only rank 0 logs
+    assert torch.isfinite(torch.tensor([r["loss"] for r in log])).all()
