@@ -261,3 +261,16 @@ def test_runtime_without_accelerate_is_single_process():
     runtime = Runtime()
     assert runtime.rank == 0 and runtime.world_size == 1 and runtime.is_main
     assert runtime.mean(3.0) == 3.0
+
+
+def test_replace_tags_swaps_the_requested_share():
+    from training.pairs import replace_tags
+
+    lists = [[f"tag{i}"] for i in range(100)]
+    noisy = replace_tags(lists, 0.25, seed=3)
+    changed = [i for i in range(100) if noisy[i] != lists[i]]
+    assert len(changed) == 25 and all(noisy[i] in lists for i in changed)
+    assert replace_tags(lists, 0.0, seed=3) == lists
+    assert replace_tags(lists, 0.25, seed=3) == noisy  # deterministic
+    with pytest.raises(ValueError):
+        replace_tags(lists, 1.5, seed=0)

@@ -59,6 +59,9 @@ class DataConfig:
     decode_workers: int = 2
     # GRU vocabulary: words seen fewer times in training text become [UNK].
     min_word_frequency: int = 4
+    # Robustness experiments: share of web images whose tag list is replaced by
+    # the tag list of another, randomly chosen web image (0: the data as it is).
+    web_tag_noise: float = 0.0
 
 
 @dataclass

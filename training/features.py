@@ -23,7 +23,7 @@ from training.config import DataConfig, SourceConfig
 from training.runtime import Runtime
 from training.sources import ImageResolver, iter_image_values, source_fingerprint
 from vse.backbones import state_fingerprint
-from vse.images import ImageLoadError
+from vse.images import PREPROCESS_VERSION, ImageLoadError
 from vse.model import VSEModel
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def image_store(
         "weights": state_fingerprint(backbone),
         "image_size": getattr(backbone, "image_size", model.config.image_size),
         "resize": model.config.image_resize,
+        "preprocess_version": PREPROCESS_VERSION,
         "pooling": model.config.image_pooling,
     }
     store = FeatureStore(Path(data.cache_dir) / f"images-{cache_key(info)}", data.cache_shard_size)

@@ -168,14 +168,35 @@ def pseudo_tag_pairs(source: PreparedSource) -> PairSet:
     return PairSet("pseudo_tags", source.images, np.asarray(rows, dtype=np.int64), texts)
 
 
-def web_tag_pairs(source: PreparedSource, corrections: Corrections, *, reviewed_only: bool = False) -> PairSet:
-    """Web images with their corrected tag lists (``reviewed_only``: the verified ones)."""
+def replace_tags(tag_lists: list[list[str]], fraction: float, seed: int) -> list[list[str]]:
+    """A copy where ``fraction`` of the lists are swapped for another random list's tags."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"web_tag_noise must be in [0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    out = list(tag_lists)
+    chosen = rng.choice(len(out), size=round(fraction * len(out)), replace=False) if out else []
+    for index in chosen:
+        donor = int(rng.integers(len(tag_lists) - 1)) if len(tag_lists) > 1 else index
+        donor += donor >= index  # never the image's own list
+        out[index] = tag_lists[donor] if len(tag_lists) > 1 else tag_lists[index]
+    return out
+
+
+def web_tag_pairs(
+    source: PreparedSource, corrections: Corrections, *, reviewed_only: bool = False, noise: float = 0.0, seed: int = 0
+) -> PairSet:
+    """Web images with their corrected tag lists (``reviewed_only``: the verified ones).
+
+    ``noise`` > 0 replaces that share of tag lists by other images' lists
+    (robustness experiments; never applied to human-verified images).
+    """
+    tag_lists = source.table.texts if reviewed_only or noise == 0 else replace_tags(source.table.texts, noise, seed)
     rows, texts, emptied = [], [], 0
     for row in source.usable_rows().tolist():
         image_id = source.table.ids[row]
         if reviewed_only and not corrections.reviewed(image_id):
             continue
-        text = tags_to_text(corrections.apply(image_id, source.table.texts[row]))
+        text = tags_to_text(corrections.apply(image_id, tag_lists[row]))
         if text:
             rows.append(row)
             texts.append(text)

@@ -102,7 +102,9 @@ def build_pairs(model: VSEModel, sources: Sources, config: TrainConfig, runtime:
         if config.stage1.pseudo_tags:
             pairs["pseudo_tags"] = pseudo_tag_pairs(sources.captions)
     if sources.web is not None:
-        pairs["web_tags"] = web_tag_pairs(sources.web, sources.corrections)
+        pairs["web_tags"] = web_tag_pairs(
+            sources.web, sources.corrections, noise=config.data.web_tag_noise, seed=config.seed
+        )
         if config.stage1.verified_tags and len(sources.corrections):
             pairs["verified_tags"] = web_tag_pairs(sources.web, sources.corrections, reviewed_only=True)
     for name, pair_set in pairs.items():

@@ -1,0 +1,33 @@
+"""Launching the real app on the assets/ default for tests (loopback only)."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_app(data_dir: Path, **config):
+    """The app of app.py on the assets default, served on a free loopback port."""
+    import app as app_module
+
+    settings = app_module.AppConfig(
+        model=str(ASSETS / "model"), gallery=str(ASSETS / "gallery"), data_dir=str(data_dir), **config
+    )
+    demo, app = app_module.create_demo(settings)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", app
+    finally:
+        demo.close()

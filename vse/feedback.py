@@ -1,0 +1,177 @@
+"""Reviewers' votes on web tags, stored at once and never lost.
+
+One SQLite database in write-ahead-log mode (concurrent readers and writers,
+durable commits).  A vote is (user, time, image id, tag, verdict, model
+revision); one row per (user, image, tag), so the same vote twice is
+idempotent and a reviewer who changes their mind replaces their earlier vote.
+A vote is acknowledged only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vse.text import normalize_tag
+
+VERDICTS = ("wrong", "right", "added")
+MAX_FIELD = 200
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS votes (
+    user TEXT NOT NULL,
+    time REAL NOT NULL,
+    image_id TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('wrong', 'right', 'added')),
+    model_revision TEXT NOT NULL,
+    PRIMARY KEY (user, image_id, tag)
+);
+CREATE INDEX IF NOT EXISTS votes_by_image ON votes (image_id);
+CREATE INDEX IF NOT EXISTS votes_by_user_time ON votes (user, time);
+"""
+
+
+class VoteError(ValueError):
+    """A vote that cannot be stored; the message can be shown to the reviewer."""
+
+
+@dataclass(frozen=True)
+class Vote:
+    user: str
+    time: float
+    image_id: str
+    tag: str
+    verdict: str
+    model_revision: str
+
+
+def _clean_field(value: str, name: str) -> str:
+    value = str(value).strip()
+    if not value:
+        raise VoteError(f"the {name} is empty")
+    if len(value) > MAX_FIELD:
+        raise VoteError(f"the {name} is longer than {MAX_FIELD} characters")
+    if any(ord(ch) < 32 for ch in value):
+        raise VoteError(f"the {name} contains control characters")
+    return value
+
+
+class FeedbackStore:
+    """Thread-safe access to the votes database (one connection per thread)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        with self._connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=FULL")  # an acknowledged vote survives a crash or power loss
+        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        yield db
+
+    def add_vote(self, user: str, image_id: str, tag: str, verdict: str, model_revision: str) -> Vote:
+        """Store one vote durably and return it; raises ``VoteError`` on bad input."""
+        if verdict not in VERDICTS:
+            raise VoteError(f"the verdict must be one of {VERDICTS}")
+        normalized = normalize_tag(_clean_field(tag, "tag"))
+        if not normalized:
+            raise VoteError("the tag is empty")
+        vote = Vote(
+            _clean_field(user, "user name"), time.time(), _clean_field(image_id, "image id"), normalized, verdict,
+            _clean_field(model_revision, "model revision"),
+        )  # fmt: skip
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO votes (user, time, image_id, tag, verdict, model_revision) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user, image_id, tag) DO UPDATE SET time = excluded.time, "
+                    "verdict = excluded.verdict, model_revision = excluded.model_revision "
+                    "WHERE votes.verdict != excluded.verdict",
+                    (vote.user, vote.time, vote.image_id, vote.tag, vote.verdict, vote.model_revision),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return vote
+
+    def votes(self, image_id: str | None = None, user: str | None = None) -> list[Vote]:
+        query, args = "SELECT user, time, image_id, tag, verdict, model_revision FROM votes", []
+        conditions = []
+        if image_id is not None:
+            conditions.append("image_id = ?")
+            args.append(image_id)
+        if user is not None:
+            conditions.append("user = ?")
+            args.append(user)
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        with self._connection() as db:
+            return [Vote(*row) for row in db.execute(query + " ORDER BY time, rowid", args)]
+
+    def count(self) -> int:
+        with self._connection() as db:
+            return int(db.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+
+    def reviewed_images(self, user: str | None = None) -> set[str]:
+        query = "SELECT DISTINCT image_id FROM votes" + (" WHERE user = ?" if user else "")
+        with self._connection() as db:
+            return {row[0] for row in db.execute(query, (user,) if user else ())}
+
+    def recent_votes(self, user: str, seconds: float) -> int:
+        """How many votes ``user`` cast in the last ``seconds`` (for rate limiting)."""
+        with self._connection() as db:
+            row = db.execute("SELECT COUNT(*) FROM votes WHERE user = ? AND time > ?", (user, time.time() - seconds))
+            return int(row.fetchone()[0])
+
+
+def write_snapshot(store: FeedbackStore, folder: str | Path) -> Path:
+    """All votes as JSON lines in ``folder/votes.jsonl``, replaced atomically (for backups)."""
+    import json
+    import os
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "votes.jsonl"
+    temporary = folder / f".votes.jsonl.tmp{os.getpid()}"
+    with temporary.open("w", encoding="utf-8") as handle:
+        for vote in store.votes():
+            handle.write(json.dumps(vote.__dict__, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    return target
+
+
+def start_backup(store: FeedbackStore, repo_id: str, every_minutes: float = 10.0, token: str | None = None):
+    """Commit a snapshot of the raw votes to a Hub dataset repo every few minutes (on a Space)."""
+    from huggingface_hub import CommitScheduler
+
+    folder = store.path.parent / "backup"
+
+    class VotesScheduler(CommitScheduler):
+        def push_to_hub(self):  # snapshot first, then upload what changed
+            write_snapshot(store, folder)
+            return super().push_to_hub()
+
+    return VotesScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder, path_in_repo="votes",
+                          every=every_minutes, private=True, token=token)  # fmt: skip

@@ -1,0 +1,158 @@
+"""Retrieval over a gallery with a loaded model: what the app asks questions of.
+
+``RetrievalService.load`` loads a model (Hub id or folder) and a gallery, then
+loads the gallery's embeddings if they were made by this exact model revision
+and gallery, or rebuilds them (with a progress bar) and caches them in the data
+folder; embeddings of another model are never used.  Queries return row indices
+into the gallery and the caption pool with cosine scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vse.gallery import Gallery, GalleryEmbeddings, load_gallery, model_digest
+from vse.hub import resolve_model_dir
+from vse.images import load_image
+from vse.index import SearchIndex, build_index
+from vse.model import VSEModel
+from vse.text import tags_to_text
+
+log = logging.getLogger(__name__)
+MAX_QUERY_CHARS = 500
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered; the message is meant for the user."""
+
+
+def clean_query(text: str | None) -> str:
+    """The query without control characters; refuses empty and over-long input."""
+    if text is None:
+        raise QueryError("Type a sentence to search for.")
+    cleaned = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    cleaned = " ".join(cleaned.split())
+    if not cleaned:
+        raise QueryError("Type a sentence to search for.")
+    if len(cleaned) > MAX_QUERY_CHARS:
+        raise QueryError(f"The query is too long ({len(cleaned):,} characters; at most {MAX_QUERY_CHARS}).")
+    return cleaned
+
+
+@dataclass
+class Hit:
+    index: int
+    score: float
+
+
+def embed_gallery(model: VSEModel, gallery: Gallery, batch_size: int = 64) -> GalleryEmbeddings:
+    """Embeddings of every gallery image and of the caption pool (with a progress bar)."""
+    chunks = []
+    for start in tqdm(range(0, len(gallery), batch_size), desc="indexing gallery", unit="batch"):
+        images = [load_image(item.image) for item in gallery.items[start : start + batch_size]]
+        chunks.append(model.encode_image(images, batch_size=batch_size))
+    images = torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim)
+    captions = model.encode_text(gallery.caption_texts, batch_size=256)
+    return GalleryEmbeddings(images, captions, "", gallery.fingerprint)
+
+
+class RetrievalService:
+    """A model, a gallery, its embeddings and their search indexes."""
+
+    def __init__(
+        self, model: VSEModel, revision: str, gallery: Gallery, embeddings: GalleryEmbeddings, index_kind: str = "auto"
+    ):
+        if embeddings.images.shape[0] != len(gallery) or embeddings.captions.shape[0] != len(gallery.caption_texts):
+            raise ValueError("embeddings do not match the gallery")
+        self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
+        self.image_index: SearchIndex = build_index(embeddings.images.numpy(), index_kind)
+        self.caption_index: SearchIndex = build_index(embeddings.captions.numpy(), index_kind)
+        self._agreement: np.ndarray | None = None
+
+    @classmethod
+    def load(
+        cls, model_source: str, gallery_source: str, data_dir: str | Path, index_kind: str = "auto"
+    ) -> RetrievalService:
+        start = time.perf_counter()
+        folder = resolve_model_dir(model_source)
+        model = VSEModel.from_pretrained(folder)
+        revision = model_digest(folder)
+        gallery, skipped = load_gallery(gallery_source)
+        if skipped:
+            log.warning("gallery %s: skipped %s", gallery_source, skipped)
+        embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir))
+        service = cls(model, revision, gallery, embeddings, index_kind)
+        log.info(
+            "loaded %d images, %d captions in %.1fs",
+            len(gallery),
+            len(gallery.caption_texts),
+            time.perf_counter() - start,
+        )
+        return service
+
+    @staticmethod
+    def _embeddings(
+        model: VSEModel, revision: str, gallery: Gallery, gallery_source: Path, data_dir: Path
+    ) -> GalleryEmbeddings:
+        fingerprint = gallery.fingerprint
+        shipped = gallery_source.parent / "index" if gallery_source.is_dir() else None
+        for folder in [f for f in (shipped, data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}") if f]:
+            found = GalleryEmbeddings.load(folder, revision, fingerprint)
+            if found is not None:
+                log.info("gallery embeddings from %s", folder)
+                return found
+        log.info("no embeddings for this model revision and gallery: indexing %d images", len(gallery))
+        built = embed_gallery(model, gallery)
+        built.digest = revision
+        built.save(data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}")
+        return built
+
+    # ------------------------------------------------------------ queries
+    def search_text(self, query: str, k: int = 12) -> list[Hit]:
+        embedding = self.model.encode_text([clean_query(query)])
+        return self._hits(self.image_index, embedding, k)
+
+    def embed_image(self, image) -> torch.Tensor:
+        """(1, D) embedding of an uploaded image; ``ImageLoadError`` if it cannot be read."""
+        return self.model.encode_image([load_image(image)])
+
+    def nearest_captions(self, embedding: torch.Tensor, k: int = 5) -> list[Hit]:
+        return self._hits(self.caption_index, embedding, k)
+
+    def similar_images(self, embedding: torch.Tensor, k: int = 8, exclude: int | None = None) -> list[Hit]:
+        hits = self._hits(self.image_index, embedding, k + (exclude is not None))
+        return [hit for hit in hits if hit.index != exclude][:k]
+
+    def image_embedding(self, index: int) -> torch.Tensor:
+        return self.embeddings.images[index : index + 1]
+
+    @staticmethod
+    def _hits(index: SearchIndex, embedding: torch.Tensor, k: int) -> list[Hit]:
+        scores, ids = index.search(embedding.float().numpy(), k)
+        return [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+
+    # ------------------------------------------------------------ review queue
+    def tag_agreement(self) -> np.ndarray:
+        """(N,) cosine between each image and its tag list; NaN for images without tags."""
+        if self._agreement is None:
+            scores = np.full(len(self.gallery), np.nan, dtype=np.float32)
+            tagged = [i for i, item in enumerate(self.gallery.items) if tags_to_text(item.tags)]
+            if tagged:
+                tag_emb = self.model.encode_tags([self.gallery.items[i].tags for i in tagged], batch_size=256)
+                scores[tagged] = (self.embeddings.images[tagged] * tag_emb).sum(dim=1).numpy()
+            self._agreement = scores
+        return self._agreement
+
+    def review_queue(self) -> list[int]:
+        """Tagged images, least model agreement with their tags first (most suspicious)."""
+        scores = self.tag_agreement()
+        tagged = np.nonzero(~np.isnan(scores))[0]
+        return tagged[np.argsort(scores[tagged], kind="stable")].tolist()
