@@ -52,8 +52,9 @@ def test_search_select_review_reload(browser, tmp_path):
         thumbnails.first.wait_for(timeout=30_000)
         assert thumbnails.count() >= 5
         thumbnails.first.click()
-        page.locator("#captions tbody tr").first.wait_for(timeout=30_000)
-        assert page.locator("#captions tbody tr").count() == 5
+        page.locator("#captions [data-testid='cell-4-0']").wait_for(timeout=30_000)  # five caption rows
+        assert page.locator("#captions [role=gridcell][data-col='0']").count() == 5
+        assert page.locator("#captions [data-testid='cell-0-0']").inner_text().strip()
         page.screenshot(path=str(shots / "search.png"), full_page=True)
 
         page.get_by_role("tab", name="Review tags").click()

@@ -9,7 +9,7 @@ import pytest
 from tests.data_factory import COLOURS, SHAPES, draw
 from training.build_demo import main as build_main
 from training.demo_data import split_items
-from training.openclipart import ClipartItem, assign_captions, clean_caption, english_lexicon, read_corpus
+from training.openclipart import PNG_ROOT, SVG_ROOT, ClipartItem, assign_captions, clean_caption, english_lexicon, read_corpus
 from vse import VSEModel
 from vse.gallery import GalleryEmbeddings, load_gallery, model_digest
 
@@ -116,3 +116,21 @@ def test_whole_build_on_a_small_corpus(tmp_path):
 def test_missing_corpus_is_explained(tmp_path, capsys):
     assert build_main(["--svg-root", str(tmp_path / "nope"), "--png-root", str(tmp_path / "nope")]) == 2
     assert "apt-get install openclipart-svg openclipart-png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SVG_ROOT.is_dir() and PNG_ROOT.is_dir()), reason="openclipart-svg/png not installed")
+def test_build_on_a_subset_of_the_real_corpus(tmp_path):
+    assets = tmp_path / "assets"
+    args = [
+        "--limit", "160", "--test-size", "30", "--validation-size", "10", "--out", str(tmp_path / "data"),
+        "--assets", str(assets), "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"), "--",
+        "--stage1.optim.epochs=3", "--stage2.optim.epochs=2", "--progress=false",
+    ]  # fmt: skip
+    assert build_main(args) == 0
+    gallery, _ = load_gallery(assets / "gallery")
+    assert len(gallery) >= 140
+    assert sum(item.split == "test" for item in gallery.items) >= 30
+    model = VSEModel.from_pretrained(assets / "model")
+    assert GalleryEmbeddings.load(assets / "index", model_digest(assets / "model"), gallery.fingerprint) is not None
+    assert model.metrics["test"]["rsum"] > 0

@@ -34,7 +34,7 @@ from training.openclipart import PNG_ROOT, SVG_ROOT, ClipartItem, assign_caption
 from training.pipeline import open_source, timed
 from training.runtime import Runtime
 from training.train import run_training
-from vse.gallery import GalleryEmbeddings, load_gallery, model_digest, thumbnail_bytes, write_gallery
+from vse.gallery import GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest, thumbnail_bytes, write_gallery
 from vse.model import VSEModel
 
 log = logging.getLogger("training.build_demo")
@@ -107,7 +107,8 @@ def write_assets(model_dir: Path, config: TrainConfig, splits: Splits, assets: P
     gallery, _ = load_gallery(assets / "gallery")
     caption_emb = model.encode_text(gallery.caption_texts, batch_size=256)
     digest = model_digest(assets / "model")
-    GalleryEmbeddings(image_emb, caption_emb, digest, gallery.fingerprint).save(assets / "index")
+    tag_emb = embed_tag_lists(model, gallery)
+    GalleryEmbeddings(image_emb, caption_emb, digest, gallery.fingerprint, tag_emb).save(assets / "index")
     return check_sizes(assets)
 
 

@@ -48,7 +48,7 @@ def thumbnail_bytes(source, size: int = 224, quality: int = 80) -> bytes:
     image = pad_to_square(load_image(source))
     image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     buffer = io.BytesIO()
-    image.save(buffer, format="WEBP", quality=quality, method=6)
+    image.save(buffer, format="WEBP", quality=quality, method=4)
     return buffer.getvalue()
 
 
@@ -93,11 +93,14 @@ class GalleryEmbeddings:
     captions: torch.Tensor  # (C, D) float32, normalised
     digest: str  # model_digest of the model that made them
     gallery: str  # Gallery.fingerprint of the gallery they describe
+    tags: torch.Tensor | None = None  # (N, D) tag-list embeddings; zero rows for untagged images
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / EMBEDDINGS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"images": self.images.half().contiguous(), "captions": self.captions.half().contiguous()}
+        if self.tags is not None:
+            tensors["tags"] = self.tags.half().contiguous()
         save_file(tensors, str(path), metadata={"model_digest": self.digest, "gallery": self.gallery})
         return path
 
@@ -114,7 +117,8 @@ class GalleryEmbeddings:
         if metadata.get("model_digest") != digest or metadata.get("gallery") != gallery:
             return None
         tensors = load_file(str(path))
-        return cls(tensors["images"].float(), tensors["captions"].float(), digest, gallery)
+        tags = tensors["tags"].float() if "tags" in tensors else None
+        return cls(tensors["images"].float(), tensors["captions"].float(), digest, gallery, tags)
 
 
 def caption_pool(captions: Sequence[Sequence[str]], ids: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -162,10 +166,22 @@ class Gallery:
             digest.update(item.id.encode("utf-8", "surrogatepass") + b"\x00")
             digest.update(hashlib.sha256(item.image).digest())
             digest.update("\x00".join(item.captions).encode("utf-8", "surrogatepass") + b"\x01")
+            digest.update("\x00".join(item.tags).encode("utf-8", "surrogatepass") + b"\x02")
         return digest.hexdigest()
 
     def image(self, index: int) -> Image.Image:
         return load_image(self.items[index].image)
+
+
+def embed_tag_lists(model, gallery: Gallery, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) embeddings of each image's tag list (``vse.text.tags_to_text``); zeros when untagged."""
+    from vse.text import tags_to_text
+
+    out = torch.zeros(len(gallery), model.config.embed_dim)
+    tagged = [i for i, item in enumerate(gallery.items) if tags_to_text(item.tags)]
+    if tagged:
+        out[tagged] = model.encode_tags([gallery.items[i].tags for i in tagged], batch_size=batch_size)
+    return out
 
 
 def _string_list(value) -> list[str]:

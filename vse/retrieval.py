@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vse.gallery import Gallery, GalleryEmbeddings, load_gallery, model_digest
+from vse.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.hub import resolve_model_dir
 from vse.images import load_image
 from vse.index import SearchIndex, build_index
@@ -61,7 +61,7 @@ def embed_gallery(model: VSEModel, gallery: Gallery, batch_size: int = 64) -> Ga
         chunks.append(model.encode_image(images, batch_size=batch_size))
     images = torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim)
     captions = model.encode_text(gallery.caption_texts, batch_size=256)
-    return GalleryEmbeddings(images, captions, "", gallery.fingerprint)
+    return GalleryEmbeddings(images, captions, "", gallery.fingerprint, embed_tag_lists(model, gallery))
 
 
 class RetrievalService:
@@ -143,11 +143,12 @@ class RetrievalService:
     def tag_agreement(self) -> np.ndarray:
         """(N,) cosine between each image and its tag list; NaN for images without tags."""
         if self._agreement is None:
+            if self.embeddings.tags is None:
+                self.embeddings.tags = embed_tag_lists(self.model, self.gallery)
             scores = np.full(len(self.gallery), np.nan, dtype=np.float32)
             tagged = [i for i, item in enumerate(self.gallery.items) if tags_to_text(item.tags)]
             if tagged:
-                tag_emb = self.model.encode_tags([self.gallery.items[i].tags for i in tagged], batch_size=256)
-                scores[tagged] = (self.embeddings.images[tagged] * tag_emb).sum(dim=1).numpy()
+                scores[tagged] = (self.embeddings.images[tagged] * self.embeddings.tags[tagged]).sum(dim=1).numpy()
             self._agreement = scores
         return self._agreement
 
