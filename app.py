@@ -38,6 +38,7 @@ DEFAULT_DATA_DIR = os.environ.get("VSE_DATA_DIR", "feedback")
 DEFAULT_TOP_K = 12
 CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
+CONCURRENCY = 4  # requests the app serves at once; more wait in Gradio's queue
 VOTES_PER_MINUTE = int(os.environ.get("VSE_VOTES_PER_MINUTE", "120"))
 # On a Space, a dataset repo that receives a snapshot of the raw votes every 10 minutes.
 BACKUP_REPO = os.environ.get("VSE_FEEDBACK_REPO")
@@ -311,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def create_demo(config: AppConfig) -> tuple[gr.Blocks, VSEApp]:
     app = VSEApp.create(config)
     demo = build_ui(app)
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=CONCURRENCY)
     return demo, app
 
 

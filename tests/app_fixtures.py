@@ -21,9 +21,9 @@ def running_app(data_dir: Path, **config):
     """The app of app.py on the assets default, served on a free loopback port."""
     import app as app_module
 
-    settings = app_module.AppConfig(
-        model=str(ASSETS / "model"), gallery=str(ASSETS / "gallery"), data_dir=str(data_dir), **config
-    )
+    config.setdefault("model", str(ASSETS / "model"))
+    config.setdefault("gallery", str(ASSETS / "gallery"))
+    settings = app_module.AppConfig(data_dir=str(data_dir), **config)
     demo, app = app_module.create_demo(settings)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -94,3 +94,33 @@ def test_gallery_images_decode(served):
     _, app = served
     data = app.service.gallery.items[0].image
     assert Image.open(io.BytesIO(data)).size == (224, 224)
+
+
+def test_votes_are_rate_limited_per_reviewer(served, monkeypatch):
+    import gradio as gr
+
+    _, app = served
+    monkeypatch.setattr(app.config, "votes_per_minute", app.store.recent_votes("limited", 60) + 2)
+    item = app.service.gallery.items[app.queue[1]]
+    app.vote_api(item.id, "first", "added", "limited")
+    app.vote_api(item.id, "second", "added", "limited")
+    with pytest.raises(gr.Error, match="Too many votes"):
+        app.vote_api(item.id, "third", "added", "limited")
+    app.vote_api(item.id, "third", "added", "someone else")  # other reviewers are not affected
+
+
+def test_review_needs_sign_in_when_oauth_is_on(served, monkeypatch):
+    import gradio as gr
+
+    import app as app_module
+
+    _, app = served
+    monkeypatch.setattr(app_module, "OAUTH_ENABLED", True)
+    item = app.service.gallery.items[app.queue[2]]
+    with pytest.raises(gr.Error, match="Sign in"):
+        app.vote_api(item.id, "tag", "wrong", "typed-name-is-ignored", None)
+    profile = gr.OAuthProfile({"name": "Ann", "preferred_username": "ann-hub", "profile": "", "picture": ""})
+    app.vote_api(item.id, "tag", "wrong", "typed-name-is-ignored", profile)
+    assert app.store.votes(image_id=item.id)[-1].user == "ann-hub"
+    with pytest.raises(gr.Error, match="Unknown image id"):
+        app.vote_api("../../etc/passwd", "tag", "wrong", "x", profile)

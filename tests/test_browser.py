@@ -74,3 +74,44 @@ def test_search_select_review_reload(browser, tmp_path):
         page.close()
     assert (shots / "search.png").stat().st_size > 10_000 and (shots / "review.png").stat().st_size > 10_000
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def hostile_gallery(folder: Path) -> Path:
+    from tests.data_factory import draw
+    from vse.gallery import thumbnail_bytes, write_gallery
+
+    rows = []
+    for index, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"), ("green", "triangle")]):
+        buffer = __import__("io").BytesIO()
+        draw(colour, shape).save(buffer, format="PNG")
+        rows.append({"id": f"x{index}", "image": thumbnail_bytes(buffer.getvalue()), "title": f"{HOSTILE} title {index}",
+                     "captions": [f"{HOSTILE} a {colour} {shape}", "<script>alert(2)</script>"],
+                     "tags": [HOSTILE, "<b>bold</b>", colour], "category": "x", "split": "test"})  # fmt: skip
+    write_gallery(rows, folder)
+    return folder
+
+
+def test_hostile_text_is_shown_literally_and_runs_nothing(browser, tmp_path):
+    gallery = hostile_gallery(tmp_path / "gallery")
+    with running_app(tmp_path / "data", gallery=str(gallery), reviewer="<i>me</i>") as (url, _):
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(url)
+        page.get_by_label("Describe an image").fill(HOSTILE)
+        page.get_by_role("button", name="Search", exact=True).click()
+        page.locator("#results .thumbnail-item").first.wait_for(timeout=30_000)
+        page.locator("#results .thumbnail-item").first.click()
+        page.locator("#captions [data-testid='cell-0-0']").wait_for(timeout=30_000)
+        assert page.get_by_text(HOSTILE, exact=False).count() >= 2  # title, captions, tags shown as text
+        page.get_by_role("tab", name="Review tags").click()
+        page.locator("#review-tags label").first.wait_for(timeout=30_000)
+        labels = page.locator("#review-tags label").all_inner_texts()
+        assert any(HOSTILE in label for label in labels) and any("<b>bold</b>" in label for label in labels)
+        page.wait_for_timeout(500)
+        assert dialogs == []
+        assert page.locator("img[src='x']").count() == 0  # no element was created from the text
+        page.close()

@@ -9,7 +9,15 @@ import pytest
 from tests.data_factory import COLOURS, SHAPES, draw
 from training.build_demo import main as build_main
 from training.demo_data import split_items
-from training.openclipart import PNG_ROOT, SVG_ROOT, ClipartItem, assign_captions, clean_caption, english_lexicon, read_corpus
+from training.openclipart import (
+    PNG_ROOT,
+    SVG_ROOT,
+    ClipartItem,
+    assign_captions,
+    clean_caption,
+    english_lexicon,
+    read_corpus,
+)
 from vse import VSEModel
 from vse.gallery import GalleryEmbeddings, load_gallery, model_digest
 

@@ -17,7 +17,7 @@ EXACT_MAX = 100_000
 HNSW_NEIGHBOURS = 32  # M: graph degree
 HNSW_BUILD_DEPTH = 80  # efConstruction
 HNSW_SEARCH_DEPTH = 64  # efSearch
-KINDS = ("auto", "flat", "flat-fp16", "hnsw", "ivfpq")
+KINDS = ("auto", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
 
 
 def _as_float32(vectors: np.ndarray) -> np.ndarray:
@@ -36,6 +36,12 @@ class SearchIndex:
     size: int
     dim: int
 
+    def memory_bytes(self) -> int:
+        """Size of the index's data structures (its serialised form)."""
+        import faiss
+
+        return int(faiss.serialize_index(self.index).size)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) scores and (Q, k) row ids, best first; ids are -1 where fewer than k exist."""
         queries = _as_float32(queries)
@@ -45,6 +51,31 @@ class SearchIndex:
         if self.size == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         return self.index.search(queries, k)
+
+
+def exact_search(
+    data: np.ndarray, queries: np.ndarray, k: int, max_scores: int = 2**25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k by inner product with BLAS, in query chunks of bounded memory.
+
+    Returns (Q, k) scores and (Q, k) row ids, best first (ties: lower id first).
+    """
+    data, queries = _as_float32(data), _as_float32(queries)
+    k = max(1, min(int(k), len(data)))
+    chunk = max(1, max_scores // max(1, len(data)))
+    all_scores, all_ids = [], []
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ data.T
+        part = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k < scores.shape[1]
+            else np.tile(np.arange(k), (len(scores), 1))
+        )
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -top), axis=1)
+        all_ids.append(np.take_along_axis(part, order, axis=1))
+        all_scores.append(np.take_along_axis(top, order, axis=1))
+    return np.concatenate(all_scores), np.concatenate(all_ids).astype(np.int64)
 
 
 def choose_kind(size: int) -> str:
@@ -64,6 +95,8 @@ def build_index(embeddings: np.ndarray, kind: str = "auto", *, ivf_lists: int | 
         index = faiss.IndexFlatIP(dim)
     elif kind == "flat-fp16":
         index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "sq8":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_BUILD_DEPTH

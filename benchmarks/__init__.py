@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints a table and writes its section of docs/PERFORMANCE.md."""

@@ -1,0 +1,139 @@
+"""App benchmark: text queries through gradio_client against the running app, 100k gallery.
+
+    python -m benchmarks.app [--gallery-size 100000] [--queries 200] [--clients 16]
+
+The gallery is the demo gallery repeated (new ids, the same thumbnails) up to the
+requested size, with the demo's real image embeddings plus a little noise, so
+that the index has the size of a real 100k gallery.  Measures the end-to-end
+latency of the app's /search endpoint (encode the query, search, load and send
+12 thumbnails) for one client alone and for several concurrent clients, on
+loopback.  Writes the "app" section of docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine_line, markdown_table, percentile_ms, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scaled_service(size: int):
+    """A RetrievalService over the demo gallery repeated to ``size`` images."""
+    from vse.gallery import Gallery, GalleryEmbeddings, GalleryItem, load_gallery, model_digest
+    from vse.model import VSEModel
+    from vse.retrieval import RetrievalService
+
+    base, _ = load_gallery(ROOT / "assets" / "gallery")
+    base_emb = GalleryEmbeddings.load(
+        ROOT / "assets" / "index", model_digest(ROOT / "assets" / "model"), base.fingerprint
+    )
+    items, rows = [], []
+    for copy in range(-(-size // len(base))):
+        for index, item in enumerate(base.items):
+            if len(items) == size:
+                break
+            caption = item.captions if copy == 0 else []
+            items.append(
+                GalleryItem(f"{item.id}#{copy}", item.image, item.title, caption, item.tags, item.category, item.split)
+            )
+            rows.append(index)
+    gallery = Gallery(items)
+    noise = torch.from_numpy(
+        np.random.default_rng(0).normal(scale=0.02, size=(size, base_emb.images.shape[1])).astype(np.float32)
+    )
+    images = torch.nn.functional.normalize(base_emb.images[rows] + noise, dim=1)
+    embeddings = GalleryEmbeddings(images, base_emb.captions, base_emb.digest, gallery.fingerprint, base_emb.tags[rows])
+    model = VSEModel.from_pretrained(ROOT / "assets" / "model")
+    return RetrievalService(model, base_emb.digest, gallery, embeddings)
+
+
+def timed_queries(url: str, queries: list[str], results: list[float], errors: list[str]) -> None:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    for query in queries:
+        start = time.perf_counter()
+        try:
+            client.predict(query, 12, api_name="/search")
+            results.append(time.perf_counter() - start)
+        except Exception as err:  # noqa: BLE001 - every failure is counted and reported
+            errors.append(repr(err)[:200])
+
+
+def run_clients(url: str, queries: list[str], clients: int) -> tuple[list[float], list[str], float]:
+    results, errors = [], []
+    share = [queries[i::clients] for i in range(clients)]
+    threads = [threading.Thread(target=timed_queries, args=(url, part, results, errors)) for part in share]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    import app as app_module
+    from tests.app_fixtures import free_port
+    from vse.feedback import FeedbackStore
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.app", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gallery-size", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args(argv)
+    service = scaled_service(args.gallery_size)
+    print(f"gallery {len(service.gallery):,} images, index {service.image_index.kind}")
+    words = ["apple", "flag", "telephone", "clock", "house", "car", "tree", "star", "guitar", "bird", "arrow", "book"]
+    queries = [f"a {words[i % len(words)]} number {i}" for i in range(args.queries)]
+    with tempfile.TemporaryDirectory() as data_dir:
+        store = FeedbackStore(Path(data_dir) / "votes.db")
+        app = app_module.VSEApp(service, store, app_module.AppConfig(data_dir=data_dir))
+        demo = app_module.build_ui(app)
+        demo.queue(default_concurrency_limit=app_module.CONCURRENCY)
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            run_clients(url, queries[:10], 1)  # warm-up
+            alone, alone_errors, alone_s = run_clients(url, queries, 1)
+            loaded, loaded_errors, loaded_s = run_clients(url, queries * 2, args.clients)
+        finally:
+            demo.close()
+    rows = [
+        ["1 client", len(alone), len(alone_errors), percentile_ms(alone, 50), percentile_ms(alone, 99), len(alone) / alone_s],
+        [f"{args.clients} clients", len(loaded), len(loaded_errors), percentile_ms(loaded, 50), percentile_ms(loaded, 99), len(loaded) / loaded_s],
+    ]  # fmt: skip
+    for row in rows:
+        print(
+            f"{row[0]:>12}: {row[1]} ok, {row[2]} errors, p50 {row[3]:.1f} ms, p99 {row[4]:.1f} ms, {row[5]:.1f} queries/s"
+        )
+    for error in (alone_errors + loaded_errors)[:5]:
+        print("error:", error)
+    if not args.no_report:
+        command = "python -m benchmarks.app " + " ".join(argv if argv is not None else sys.argv[1:])
+        body = f"""## App
+
+`{command.strip()}` · {machine_line()} · gallery of {len(service.gallery):,} images ({service.image_index.kind} index),
+`/search` with k = 12 through `gradio_client` on loopback: text encoding, search, and 12 thumbnails sent back.
+The server runs {app_module.CONCURRENCY} searches at a time; more concurrent clients queue.
+
+{markdown_table(["load", "queries", "errors", "p50 ms", "p99 ms", "queries/s"], rows)}
+"""
+        write_section("app", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

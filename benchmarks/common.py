@@ -1,0 +1,82 @@
+"""Helpers shared by the benchmarks: timing statistics, bandwidth and FLOP rates, the report file."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
+HEADER = """# Performance
+
+Measured on this project's development machine (2 CPU cores, no GPU) by the
+scripts in `benchmarks/`; each script rewrites its own section below. Machines
+here are shared and noisy: the tables give medians (p50) and tails (p99) of many
+repetitions, and ratios against a baseline measured in the same run.
+
+"""
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1000.0, q))
+
+
+def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Shortest of several timed calls (after one warm-up), in seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def read_bandwidth_gbs(gigabytes: float = 1.0) -> float:
+    """Streaming read bandwidth of this machine: summing a large float32 array, GB/s."""
+    array = np.ones(int(gigabytes * 2**30 / 4), dtype=np.float32)
+    seconds = best_of(lambda: float(array.sum()), repeats=5)
+    return array.nbytes / seconds / 1e9
+
+
+def matmul_gflops(size: int = 2048) -> float:
+    """float32 matrix-multiply rate of this machine (torch, all threads), GFLOP/s."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = best_of(lambda: a @ b, repeats=5)
+    return 2 * size**3 / seconds / 1e9
+
+
+def machine_line() -> str:
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, report: Path = REPORT) -> None:
+    """Replace (or append) the section between this benchmark's markers in the report."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    text = report.read_text(encoding="utf-8") if report.is_file() else HEADER
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    report.write_text(text, encoding="utf-8")

@@ -1,0 +1,134 @@
+"""Encoding benchmark: images/s and sentences/s, batched against a naive loop, and the FLOP bound.
+
+    python -m benchmarks.encoding [--images 256] [--sentences 2000]
+
+Images are real encoded files (the demo gallery's WebP thumbnails), so decoding
+and preprocessing are included; the feature-cache build (threaded decoding plus
+the backbone, written to a store) is measured end to end.  The FLOP bound is the
+matrix-multiply rate measured in the same run divided by the backbone's FLOPs per
+image (counted with torch's FlopCounterMode).  Writes the "encoding" section of
+docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine_line, markdown_table, matmul_gflops, write_section
+from vse import VSEConfig, VSEModel
+from vse.vocab import build_vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_images(count: int) -> list[bytes]:
+    from vse.gallery import load_gallery
+
+    gallery, _ = load_gallery(ROOT / "assets" / "gallery")
+    return [gallery.items[i % len(gallery)].image for i in range(count)]
+
+
+def demo_sentences(count: int) -> list[str]:
+    from vse.gallery import load_gallery
+
+    gallery, _ = load_gallery(ROOT / "assets" / "gallery")
+    texts = gallery.caption_texts + [", ".join(item.tags) for item in gallery.items if item.tags]
+    return [texts[i % len(texts)] for i in range(count)]
+
+
+def rate(count: int, fn) -> float:
+    fn_warm = fn  # one warm-up call on a small slice happens in the callers
+    start = time.perf_counter()
+    fn_warm()
+    return count / (time.perf_counter() - start)
+
+
+def backbone_gflops(model: VSEModel) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = getattr(model.image_encoder.backbone, "image_size", 224)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.image_features(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def image_rows(model: VSEModel, images: list[bytes], gflops: float, bound: float) -> list[list]:
+    model.encode_image(images[:8])
+    naive = rate(len(images) // 4, lambda: [model.encode_image([image]) for image in images[: len(images) // 4]])
+    batched = rate(len(images), lambda: model.encode_image(images, batch_size=64))
+    cache = cache_build_rate(model, images)
+    rows = []
+    for name, value in (("naive loop, one image per call", naive), ("encode_image, batches of 64", batched),
+                        ("feature-cache build (threads + store)", cache)):  # fmt: skip
+        rows.append(["images", name, value, value / naive, value / bound])
+    return rows
+
+
+def cache_build_rate(model: VSEModel, images: list[bytes]) -> float:
+    from training.cache import FeatureStore, build_store
+    from training.features import ImageBatchEncoder
+    from training.sources import ImageResolver
+
+    encoder = ImageBatchEncoder(model, ImageResolver(None), workers=2)
+    with tempfile.TemporaryDirectory() as folder:
+        store = FeatureStore(folder, shard_size=1024)
+        start = time.perf_counter()
+        build_store(store, images, encoder, batch_size=64, progress=False)
+        seconds = time.perf_counter() - start
+    encoder.close()
+    return len(images) / seconds
+
+
+def text_rows(name: str, model: VSEModel, sentences: list[str]) -> list[list]:
+    model.encode_text(sentences[:16])
+    subset = sentences[: len(sentences) // 4]
+    naive = rate(len(subset), lambda: [model.encode_text([s]) for s in subset])
+    batched = rate(len(sentences), lambda: model.encode_text(sentences, batch_size=256))
+    return [[f"sentences ({name})", "naive loop, one per call", naive, 1.0, float("nan")],
+            [f"sentences ({name})", "encode_text, batches of 256", batched, batched / naive, float("nan")]]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.encoding", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    default = VSEModel(VSEConfig(embed_dim=256)).eval()
+    gflops, matmul = backbone_gflops(default), matmul_gflops()
+    bound = matmul / gflops
+    print(f"matmul {matmul:.1f} GFLOP/s; EfficientNet-Lite0 {gflops:.3f} GFLOP/image; FLOP bound {bound:.0f} images/s")
+    rows = image_rows(default, demo_images(args.images), gflops, bound)
+    sentences = demo_sentences(args.sentences)
+    rows += text_rows("MiniLM", default, sentences)
+    gru = VSEModel(
+        VSEConfig(text_encoder="gru", embed_dim=1024), tokenizer=build_vocabulary(sentences, min_frequency=2)
+    ).eval()
+    rows += text_rows("GRU", gru, sentences)
+    for row in rows:
+        print(f"{row[0]:>20} {row[1]:>40}: {row[2]:8.1f}/s  x{row[3]:.2f} vs naive  {row[4]:.2f} of FLOP bound")
+    if not args.no_report:
+        command = "python -m benchmarks.encoding " + " ".join(argv if argv is not None else sys.argv[1:])
+        body = f"""## Encoding
+
+`{command.strip()}` · {machine_line()} · torch {torch.__version__}, {torch.get_num_threads()} threads.
+
+Matrix multiply measured in the same run: **{matmul:.1f} GFLOP/s**; EfficientNet-Lite0 at 224 px:
+**{gflops:.3f} GFLOP per image** (FlopCounterMode); FLOP bound **{bound:.0f} images/s**.
+Images are the demo gallery's WebP files, so decoding and preprocessing are included.
+
+{markdown_table(["input", "path", "items/s", "× naive", "share of FLOP bound"], rows)}
+"""
+        write_section("encoding", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
