@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test test-fast lint format clean
+.PHONY: setup app test test-fast lint format clean demo ablation bench
 
 setup: $(STAMP)
 
@@ -32,6 +32,20 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+demo: setup  # rebuild data/openclipart, the default model and assets/ (needs openclipart-svg/png)
+	$(BIN)/python -m training.build_demo
+
+ablation: setup  # retrain the ablation and rewrite docs/RESULTS.md
+	$(BIN)/python -m training.ablation
+
+bench: setup  # rewrite docs/PERFORMANCE.md and docs/RELIABILITY.md
+	$(BIN)/python -m benchmarks.search
+	$(BIN)/python -m benchmarks.encoding
+	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.app
+	$(BIN)/python -m benchmarks.durability
+	$(BIN)/python -m benchmarks.load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

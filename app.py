@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import io
 import logging
 import os
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import torch
@@ -46,6 +50,14 @@ BACKUP_REPO = os.environ.get("VSE_FEEDBACK_REPO")
 OAUTH_ENABLED = bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 log = logging.getLogger("app")
+IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif"}
+
+
+def image_suffix(data: bytes) -> str | None:
+    """File suffix of encoded image bytes the browser can show as they are, else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((suffix for signature, suffix in IMAGE_SIGNATURES.items() if data.startswith(signature)), None)
 
 
 @dataclass
@@ -64,6 +76,8 @@ class VSEApp:
     def __init__(self, service: RetrievalService, store: FeedbackStore, config: AppConfig):
         self.service, self.store, self.config = service, store, config
         self.queue = service.review_queue()
+        self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
+        self.thumbnail_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def create(cls, config: AppConfig) -> VSEApp:
@@ -75,11 +89,29 @@ class VSEApp:
         return cls(service, store, config)
 
     # ------------------------------------------------------------ search tab
-    def _gallery_cells(self, hits) -> list[tuple[Image.Image, str]]:
+    def thumbnail_file(self, index: int) -> str:
+        """A file holding the gallery image's encoded bytes (written once, atomically).
+
+        Returning files (not PIL images) spares re-encoding every result and lets
+        Gradio serve the same bytes to concurrent requests safely.
+        """
+        data = self.service.gallery.items[index].image
+        suffix = image_suffix(data)
+        if suffix is None:
+            buffer = io.BytesIO()
+            self.service.gallery.image(index).save(buffer, format="PNG")
+            data, suffix = buffer.getvalue(), ".png"
+        path = self.thumbnail_dir / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+        if not path.exists():
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        return str(path)
+
+    def _gallery_cells(self, hits) -> list[tuple[str, str]]:
         items = self.service.gallery.items
         return [
-            (self.service.gallery.image(h.index), f"{items[h.index].title or items[h.index].id} · {h.score:.2f}")
-            for h in hits
+            (self.thumbnail_file(h.index), f"{items[h.index].title or items[h.index].id} · {h.score:.2f}") for h in hits
         ]
 
     def _results_table(self, hits) -> list[list]:
@@ -303,7 +335,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gallery", default=DEFAULT_GALLERY, help="datasets source or gallery folder")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="votes database and index cache")
     parser.add_argument("--reviewer", default="local-reviewer", help="reviewer name when OAuth is off")
-    parser.add_argument("--index", default="auto", choices=("auto", "flat", "flat-fp16", "hnsw", "ivfpq"))
+    parser.add_argument(
+        "--index", default="auto", choices=("auto", "exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return parser.parse_args(argv)

@@ -45,11 +45,11 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
     start = time.perf_counter()
-    index = None if kind == "exact" else build_index(data, kind)
+    index = build_index(data, kind)
     build = time.perf_counter() - start
 
     def search(q: np.ndarray) -> np.ndarray:
-        return exact_search(data, q, 10)[1] if index is None else index.search(q, 10)[1]
+        return index.search(q, 10)[1]
 
     search(queries[:5])
     latencies = []
@@ -60,7 +60,7 @@ def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray)
     tick = time.perf_counter()
     found = search(queries)
     throughput = len(queries) / (time.perf_counter() - tick)
-    memory = data.nbytes if index is None else index.memory_bytes()
+    memory = index.memory_bytes()
     return {
         "kind": kind,
         "build_s": build,

@@ -26,20 +26,20 @@ def unit_vectors(n, d, seed=0):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["flat", "flat-fp16", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq"])
 def test_index_kinds_agree_with_brute_force(kind):
     data, queries = unit_vectors(3000, 32), unit_vectors(20, 32, seed=1)
     index = build_index(data, kind)
     scores, ids = index.search(queries, 10)
     exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
     recall = np.mean([len(set(ids[q]) & set(exact[q])) / 10 for q in range(len(queries))])
-    assert recall >= {"flat": 1.0, "flat-fp16": 0.95, "hnsw": 0.9, "ivfpq": 0.3}[kind]
-    if kind == "flat":
+    assert recall >= {"exact": 1.0, "flat": 1.0, "flat-fp16": 0.95, "sq8": 0.9, "hnsw": 0.9, "ivfpq": 0.3}[kind]
+    if kind in ("exact", "flat"):
         assert np.allclose(scores[:, 0], (queries @ data.T).max(axis=1), atol=1e-5)
 
 
 def test_index_edge_cases():
-    assert choose_kind(10) == "flat" and choose_kind(10_000_000) == "hnsw"
+    assert choose_kind(10) == "exact" and choose_kind(10_000_000) == "hnsw"
     index = build_index(unit_vectors(3, 4))
     scores, ids = index.search(unit_vectors(1, 4), 10)
     assert ids.shape == (1, 3)
@@ -81,3 +81,37 @@ def test_gallery_rows_are_checked():
     assert len(gallery) == 1 and skipped == {"duplicate id": 1, "missing image": 1}
     with pytest.raises(ValueError, match="unique"):
         Gallery([GalleryItem("x", b"1"), GalleryItem("x", b"2")])
+
+
+def test_unreadable_gallery_images_are_left_out_and_counted(tmp_path, tiny_vit):
+    from vse import VSEConfig, VSEModel
+    from vse.retrieval import RetrievalService, embed_gallery
+    from vse.vocab import vocabulary_from_words
+
+    rows = [
+        {"id": f"img{i}", "image": png((i * 40, 0, 0)), "captions": [f"a red {i}"], "tags": ["red"]} for i in range(4)
+    ]
+    rows[1]["image"] = b"\x89PNG\r\n\x1a\n broken"
+    gallery, skipped = gallery_from_rows(rows)
+    config = VSEConfig(image_backbone=str(tiny_vit), image_pooling="cls", text_encoder="gru", embed_dim=8, word_dim=4)
+    model = VSEModel(config, tokenizer=vocabulary_from_words(["a", "red"])).eval()
+    embeddings = embed_gallery(model, gallery)
+    assert embeddings.dropped == ["img1"] and embeddings.images.shape == (3, 8) and embeddings.captions.shape == (3, 8)
+    service = RetrievalService(model, "rev", gallery.without(embeddings.dropped), embeddings)
+    [hit] = service.search_text("a red", 1)
+    assert service.gallery.items[hit.index].id in {"img0", "img2", "img3"}
+    assert len(service.gallery) == 3 and "img1" not in service.gallery.position
+
+
+@pytest.mark.parametrize("n, threads", [(7, 1), (30_000, 2), (30_000, 3)])
+def test_exact_search_matches_a_full_sort_including_ties(n, threads):
+    from vse.index import exact_search
+
+    rng = np.random.default_rng(n)
+    data = rng.integers(-2, 3, size=(n, 8)).astype(np.float32)  # many exact ties
+    queries = rng.integers(-2, 3, size=(11, 8)).astype(np.float32)
+    scores, ids = exact_search(data, queries, 10, max_scores=50_000, threads=threads)
+    full = queries @ data.T
+    expected = np.lexsort((np.tile(np.arange(n), (11, 1)), -full), axis=1)[:, :10]
+    assert np.array_equal(ids, expected)
+    assert np.allclose(scores, np.take_along_axis(full, expected, axis=1))

@@ -14,6 +14,8 @@ import torch
 from tests.data_factory import make_shapes_dataset
 from training import evaluate as evaluate_cli
 from training import push as push_cli
+from training.config import TrainConfig
+from training.configuration import load_config
 from training.train import main as train_main
 from vse import VSEModel
 
@@ -201,3 +203,28 @@ def test_two_processes_end_with_identical_weights(shapes, tmp_path):
     log = read_log(output)
     assert len([r for r in log if r["stage"] == "stage1"]) == 2  # only rank 0 logs
     assert torch.isfinite(torch.tensor([r["loss"] for r in log])).all()
+
+
+def test_streamed_web_source_and_fine_tuned_backbone(shapes, tmp_path, tiny_vit):
+    """A web set read as a stream (never loaded whole), and end-to-end backbone training."""
+    web_rows = [json.loads(line) for line in (shapes / "web" / "train" / "metadata.jsonl").read_text().splitlines()]
+    web_file = tmp_path / "web.jsonl"
+    web_file.write_text("".join(json.dumps({**r, "image": r["file_name"]}) + "\n" for r in web_rows))
+    output = tmp_path / "run"
+    args = train_args(
+        shapes, output, tmp_path / "cache", f"--data.web.path={web_file}", "--data.web.streaming=true",
+        f"--data.web.image_root={shapes / 'web' / 'train'}", "--data.web.split=train", f"--model.image_backbone={tiny_vit}",
+        "--model.image_pooling=cls", "--model.finetune_image=true", "--stage1.optim.epochs=2", "--stage2.optim.epochs=2",
+    )  # fmt: skip
+    before = VSEModel(load_config(TrainConfig, None, args).model)
+    assert train_main(args) == 0
+    after = VSEModel.from_pretrained(output / "model")
+    assert after.config.finetune_image
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(
+            before.image_encoder.backbone.parameters(), after.image_encoder.backbone.parameters(), strict=True
+        )
+    ]
+    assert any(changed)  # the backbone itself was trained and saved
+    assert [r for r in read_log(output) if r["stage"] == "stage2"][0]["pairs"]["web_tags"] > 0

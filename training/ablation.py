@@ -124,7 +124,7 @@ def comparisons(rows: list[Row]) -> str:
         mean, spread = float(np.mean(diffs)), float(np.std(diffs))
         verdict = "beats" if mean > 0 and min(diffs) > 0 else "does not beat" if mean <= 0 else "is not reliably above"
         lines.append(
-            f"- {row.label} {verdict} {base.label.split('. ', 1)[1]} : rsum {mean:+.1f} ± {spread:.1f} "
+            f"- {row.label} {verdict} {base.label.split('. ', 1)[1]}: rsum {mean:+.1f} ± {spread:.1f} "
             f"(per seed: {', '.join(f'{d:+.1f}' for d in diffs)})"
         )
     return "\n".join(lines)

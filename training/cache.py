@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from vse.model import pipelined
+
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"
 
@@ -167,8 +169,10 @@ def build_store(
             bar.update(len(shard_items))
             continue
         feats, valid = [], []
-        for begin in range(0, len(shard_items), batch_size):
-            batch_feats, batch_valid = encode(shard_items[begin : begin + batch_size])
+        batches = [shard_items[begin : begin + batch_size] for begin in range(0, len(shard_items), batch_size)]
+        # Encoders that split preparing (decoding) from running get the two overlapped.
+        results = pipelined(batches, encode.prepare, encode.run) if hasattr(encode, "prepare") else map(encode, batches)
+        for batch_feats, batch_valid in results:
             feats.append(batch_feats)
             valid.append(batch_valid)
             bar.update(len(batch_valid))

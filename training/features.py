@@ -44,18 +44,27 @@ class ImageBatchEncoder:
         except ImageLoadError as err:
             return str(err).split(":")[0].split("(")[0].strip()
 
-    def __call__(self, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def prepare(self, items: list[Any]) -> tuple[torch.Tensor | None, np.ndarray]:
+        """Decode and preprocess a batch in the worker threads: (pixels of readable rows, valid)."""
         prepared = list(self.pool.map(self._prepare, items))
         valid = np.array([isinstance(p, torch.Tensor) for p in prepared], dtype=bool)
         for p in prepared:
             if not isinstance(p, torch.Tensor):
                 self.failures[p] += 1
-        features = np.zeros((len(items), self.model.image_encoder.feature_dim), dtype=np.float32)
-        if valid.any():
-            pixels = torch.stack([p for p in prepared if isinstance(p, torch.Tensor)])
+        pixels = torch.stack([p for p in prepared if isinstance(p, torch.Tensor)]) if valid.any() else None
+        return pixels, valid
+
+    def run(self, prepared: tuple[torch.Tensor | None, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Backbone features of a prepared batch; zeros for unreadable rows."""
+        pixels, valid = prepared
+        features = np.zeros((len(valid), self.model.image_encoder.feature_dim), dtype=np.float32)
+        if pixels is not None:
             with torch.inference_mode():
                 features[valid] = self.model.image_features(pixels).float().cpu().numpy()
         return features, valid
+
+    def __call__(self, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        return self.run(self.prepare(items))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ class GalleryEmbeddings:
     digest: str  # model_digest of the model that made them
     gallery: str  # Gallery.fingerprint of the gallery they describe
     tags: torch.Tensor | None = None  # (N, D) tag-list embeddings; zero rows for untagged images
+    dropped: list[str] = field(default_factory=list)  # ids of unreadable images, left out of the rows above
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / EMBEDDINGS_FILE
@@ -101,7 +103,8 @@ class GalleryEmbeddings:
         tensors = {"images": self.images.half().contiguous(), "captions": self.captions.half().contiguous()}
         if self.tags is not None:
             tensors["tags"] = self.tags.half().contiguous()
-        save_file(tensors, str(path), metadata={"model_digest": self.digest, "gallery": self.gallery})
+        metadata = {"model_digest": self.digest, "gallery": self.gallery, "dropped": json.dumps(self.dropped)}
+        save_file(tensors, str(path), metadata=metadata)
         return path
 
     @classmethod
@@ -118,7 +121,8 @@ class GalleryEmbeddings:
             return None
         tensors = load_file(str(path))
         tags = tensors["tags"].float() if "tags" in tensors else None
-        return cls(tensors["images"].float(), tensors["captions"].float(), digest, gallery, tags)
+        dropped = json.loads(metadata.get("dropped", "[]"))
+        return cls(tensors["images"].float(), tensors["captions"].float(), digest, gallery, tags, dropped)
 
 
 def caption_pool(captions: Sequence[Sequence[str]], ids: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -171,6 +175,11 @@ class Gallery:
 
     def image(self, index: int) -> Image.Image:
         return load_image(self.items[index].image)
+
+    def without(self, ids: Iterable[str]) -> Gallery:
+        """The gallery minus the given ids (e.g. images that cannot be read)."""
+        drop = set(ids)
+        return Gallery([item for item in self.items if item.id not in drop]) if drop else self
 
 
 def embed_tag_lists(model, gallery: Gallery, batch_size: int = 256) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from vse.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.hub import resolve_model_dir
-from vse.images import load_image
+from vse.images import ImageLoadError, load_image
 from vse.index import SearchIndex, build_index
 from vse.model import VSEModel
 from vse.text import tags_to_text
@@ -54,14 +54,26 @@ class Hit:
 
 
 def embed_gallery(model: VSEModel, gallery: Gallery, batch_size: int = 64) -> GalleryEmbeddings:
-    """Embeddings of every gallery image and of the caption pool (with a progress bar)."""
-    chunks = []
+    """Embeddings of the gallery's readable images and of their caption pool (with a progress bar).
+
+    Unreadable images are counted, logged and listed in ``dropped``; the rows
+    describe the gallery without them (``gallery.without(dropped)``).
+    """
+    chunks, dropped = [], []
     for start in tqdm(range(0, len(gallery), batch_size), desc="indexing gallery", unit="batch"):
-        images = [load_image(item.image) for item in gallery.items[start : start + batch_size]]
-        chunks.append(model.encode_image(images, batch_size=batch_size))
+        images = []
+        for item in gallery.items[start : start + batch_size]:
+            try:
+                images.append(load_image(item.image))
+            except ImageLoadError as err:
+                dropped.append(item.id)
+                log.warning("gallery image %r left out: %s", item.id, err)
+        if images:
+            chunks.append(model.encode_image(images, batch_size=batch_size))
+    kept = gallery.without(dropped)
     images = torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim)
-    captions = model.encode_text(gallery.caption_texts, batch_size=256)
-    return GalleryEmbeddings(images, captions, "", gallery.fingerprint, embed_tag_lists(model, gallery))
+    captions = model.encode_text(kept.caption_texts, batch_size=256)
+    return GalleryEmbeddings(images, captions, "", gallery.fingerprint, embed_tag_lists(model, kept), dropped)
 
 
 class RetrievalService:
@@ -89,7 +101,9 @@ class RetrievalService:
         if skipped:
             log.warning("gallery %s: skipped %s", gallery_source, skipped)
         embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir))
-        service = cls(model, revision, gallery, embeddings, index_kind)
+        if embeddings.dropped:
+            log.warning("gallery %s: %d unreadable images left out", gallery_source, len(embeddings.dropped))
+        service = cls(model, revision, gallery.without(embeddings.dropped), embeddings, index_kind)
         log.info(
             "loaded %d images, %d captions in %.1fs",
             len(gallery),
