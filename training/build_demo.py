@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with timed("read corpus"):
         items, skipped = read_corpus(svg_root, png_root)
+        assign_captions(items)  # over the whole corpus: repeated titles are counted there
         items = select_subset(items, args.limit)
-        assign_captions(items)
     log.info("%d images (%d captioned); skipped %s", len(items), sum(bool(i.captions) for i in items), dict(skipped))
     with timed("write datasets"):
         splits = split_items(items, args.test_size, args.validation_size, args.seed)
