@@ -133,14 +133,15 @@ class VSEApp:
         return [[pool.caption_texts[h.index], pool.caption_owners[h.index], round(h.score, 4)] for h in hits]
 
     @torch.inference_mode()
-    def select_result(self, hit_indices: list[int], event: gr.SelectData) -> tuple[list[list], list[list], str]:
-        """Nearest captions and web tags of the selected result."""
+    def select_result(self, hit_indices: list[int], event: gr.SelectData) -> tuple[list[list], list[list], str, list]:
+        """Nearest captions, web tags and visually similar images of the selected result."""
         if not hit_indices or event.index is None or event.index >= len(hit_indices):
-            return [], [], ""
+            return [], [], "", []
         index = hit_indices[event.index]
         item = self.service.gallery.items[index]
-        captions = self._captions_table(self.service.image_embedding(index))
-        return captions, [[tag] for tag in item.tags], item.title or item.id
+        embedding = self.service.image_embedding(index)
+        similar = self._gallery_cells(self.service.similar_images(embedding, SIMILAR_SHOWN, exclude=index))
+        return self._captions_table(embedding), [[tag] for tag in item.tags], item.title or item.id, similar
 
     @torch.inference_mode()
     def describe_upload(self, image: Image.Image | None) -> tuple[list[list], list]:
@@ -243,11 +244,13 @@ class VSEApp:
         return (candidate, *view, view[3]["value"])
 
     def open_review(self, position: int, name: str, profile: gr.OAuthProfile | None):
+        """The current image; the controls stay read-only until the reviewer is known."""
         user = None
         with contextlib.suppress(gr.Error):
             user = self.reviewer(name, profile)
         view = self.review_view(position, user)
-        return (*view, view[3]["value"])
+        controls = [gr.update(interactive=user is not None) for _ in range(4)]
+        return (*view, view[3]["value"], *controls)
 
     # ------------------------------------------------------------ API
     def vote_api(
@@ -259,6 +262,11 @@ class VSEApp:
             raise gr.Error(f"Unknown image id {image_id!r}.")
         self._vote(user, image_id, tag, verdict)
         return self.counter(user)
+
+
+def ping() -> str:
+    """Health check; also the protocol's round-trip floor in benchmarks/app.py."""
+    return "ok"
 
 
 def build_ui(app: VSEApp) -> gr.Blocks:
@@ -288,7 +296,13 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                 similar = gr.Gallery(label="Similar images", columns=8, height="auto", allow_preview=False)
             search_button.click(app.search, [query, top_k], [results, table, hit_state], api_name="search")
             query.submit(app.search, [query, top_k], [results, table, hit_state], api_visibility="private")
-            results.select(app.select_result, [hit_state], [captions, tags, selected_title], api_visibility="private")
+            selected_similar = gr.Gallery(label="Visually similar", columns=8, height="auto", allow_preview=False)
+            results.select(
+                app.select_result,
+                [hit_state],
+                [captions, tags, selected_title, selected_similar],
+                api_visibility="private",
+            )
             upload_button.click(app.describe_upload, [upload], [upload_captions, similar], api_name="describe")
         with gr.Tab("Review tags", id="review") as review_tab:
             position = gr.State(0)
@@ -315,7 +329,9 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                         next_button = gr.Button("Next image (unticked tags are right)", variant="primary")
                         skip_button = gr.Button("Skip")
             view = [review_image, review_title, review_detail, wrong, counter, ticked_state]
-            review_tab.select(app.open_review, [position, reviewer], view, api_visibility="private")
+            controls = [wrong, add_button, next_button, skip_button]
+            review_tab.select(app.open_review, [position, reviewer], [*view, *controls], api_visibility="private")
+            demo.load(app.open_review, [position, reviewer], [*view, *controls], api_visibility="private")
             wrong.input(
                 app.mark_tags,
                 [position, wrong, ticked_state, reviewer],
@@ -326,6 +342,7 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             next_button.click(app.next_image, [position, wrong, reviewer], [position, *view], api_visibility="private")
             skip_button.click(app.skip, [position, reviewer], [position, *view], api_visibility="private")
         gr.api(app.vote_api, api_name="vote")
+        gr.api(ping, api_name="ping")
     return demo
 
 

@@ -11,6 +11,13 @@ from pathlib import Path
 import numpy as np
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
+RELIABILITY_HEADER = """# Reliability
+
+Measured on this project's development machine (2 CPU cores, no GPU) by
+`benchmarks/durability.py` and `benchmarks/load.py` (each rewrites its own
+section below) and checked by the tests named in each section.
+
+"""
 HEADER = """# Performance
 
 Measured on this project's development machine (2 CPU cores, no GPU) by the
@@ -72,7 +79,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def write_section(name: str, body: str, report: Path = REPORT) -> None:
     """Replace (or append) the section between this benchmark's markers in the report."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    text = report.read_text(encoding="utf-8") if report.is_file() else HEADER
+    header = RELIABILITY_HEADER if report.name == "RELIABILITY.md" else HEADER
+    text = report.read_text(encoding="utf-8") if report.is_file() else header
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text:

@@ -124,3 +124,17 @@ def test_review_needs_sign_in_when_oauth_is_on(served, monkeypatch):
     assert app.store.votes(image_id=item.id)[-1].user == "ann-hub"
     with pytest.raises(gr.Error, match="Unknown image id"):
         app.vote_api("../../etc/passwd", "tag", "wrong", "x", profile)
+
+
+def test_review_controls_are_read_only_until_sign_in(served, monkeypatch):
+    import gradio as gr
+
+    import app as app_module
+
+    _, app = served
+    monkeypatch.setattr(app_module, "OAUTH_ENABLED", True)
+    *_, wrong, add, next_, skip = app.open_review(0, "", None)
+    assert [c["interactive"] for c in (wrong, add, next_, skip)] == [False] * 4
+    profile = gr.OAuthProfile({"name": "Ann", "preferred_username": "ann-hub", "profile": "", "picture": ""})
+    *_, wrong, add, next_, skip = app.open_review(0, "", profile)
+    assert [c["interactive"] for c in (wrong, add, next_, skip)] == [True] * 4

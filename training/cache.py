@@ -23,13 +23,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
-
-from vse.model import pipelined
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"
@@ -131,6 +130,22 @@ class FeatureStore:
             where = np.nonzero(shards == shard)[0]
             out[where] = self._shard(int(shard))[rows[where] - shard * self.shard_size]
         return out
+
+
+def pipelined(batches: Sequence[Any], prepare: Callable[[Any], Any], run: Callable[[Any], Any]) -> Iterator[Any]:
+    """``run(prepare(batch))`` for each batch, preparing the next batch in a thread meanwhile.
+
+    Decoding and resizing (PIL releases the GIL) overlap with the model's forward pass.
+    """
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, batches[0])
+        for index in range(len(batches)):
+            prepared = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(prepare, batches[index + 1])
+            yield run(prepared)
 
 
 def _shard_batches(items: Iterable[Any], shard_size: int) -> Iterator[tuple[int, list[Any]]]:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +58,6 @@ def xavier_linear(in_features: int, out_features: int) -> nn.Linear:
     nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def pipelined(batches: Sequence[Any], prepare: Callable[[Any], Any], run: Callable[[Any], Any]) -> Iterator[Any]:
-    """``run(prepare(batch))`` for each batch, preparing the next batch in a thread meanwhile.
-
-    Decoding and resizing (PIL releases the GIL) overlap with the model's forward pass.
-    """
-    if not batches:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, batches[0])
-        for index in range(len(batches)):
-            prepared = pending.result()
-            if index + 1 < len(batches):
-                pending = pool.submit(prepare, batches[index + 1])
-            yield run(prepared)
 
 
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -267,7 +250,7 @@ class VSEModel(
             else:
                 if isinstance(images, (Image.Image, str, Path, bytes)):
                     images = [images]
-                chunks = list(pipelined(list(batched(list(images), batch_size)), self.preprocess, self.embed_pixels))
+                chunks = [self.embed_pixels(self.preprocess(chunk)) for chunk in batched(list(images), batch_size)]
             return self._concat(chunks)
 
     def encode_text(self, texts: Sequence[str] | str, batch_size: int = 128) -> torch.Tensor:
