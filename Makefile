@@ -43,6 +43,7 @@ bench: setup  # rewrite docs/PERFORMANCE.md and docs/RELIABILITY.md
 	$(BIN)/python -m benchmarks.search
 	$(BIN)/python -m benchmarks.encoding
 	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.cache
 	$(BIN)/python -m benchmarks.app
 	$(BIN)/python -m benchmarks.durability
 	$(BIN)/python -m benchmarks.load
