@@ -168,7 +168,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         keys, value = parse_override(item)
         set_nested(data, keys, value)
     return build_dataclass(cls, data)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)

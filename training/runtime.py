@@ -13,7 +13,6 @@ the number of processes to give exactly the gradient of the global loss.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -72,9 +71,6 @@ class Runtime:
             return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
         return float(self.accelerator.clip_grad_norm_(parameters, max_norm))
 
-    def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(module) if self.accelerator else module
-
     def mean(self, value: float) -> float:
         """Mean of a number over processes (for logging)."""
         if self.world_size == 1:
@@ -82,9 +78,6 @@ class Runtime:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return float(tensor.item() / self.world_size)
-
-    def main_first(self):
-        return self.accelerator.main_process_first() if self.accelerator else contextlib.nullcontext()
 
 
 def gather_with_grad(tensor: torch.Tensor, world_size: int, rank: int) -> torch.Tensor:
