@@ -78,6 +78,9 @@ class VSEApp:
         self.queue = service.review_queue()
         self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
         self.thumbnail_dir.mkdir(parents=True, exist_ok=True)
+        # Thumbnails are public gallery images written once under content hashes:
+        # served in place, not hashed and copied into Gradio's cache on every search.
+        gr.set_static_paths([self.thumbnail_dir])
 
     @classmethod
     def create(cls, config: AppConfig) -> VSEApp:

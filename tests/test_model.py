@@ -54,6 +54,17 @@ def test_packaged_backbones_load_offline(default_model):
     assert features[0] @ features[1] > features[0] @ features[2]
 
 
+def test_length_sorted_batches_keep_order_and_match_one_at_a_time(default_model):
+    texts = ["a clock", "a very long sentence about a red apple lying on a wooden kitchen table", "", "star",
+             "two flags, one with a star and one with a moon", "a clock"]  # fmt: skip
+    one_by_one = torch.cat([default_model.encode_text([text]) for text in texts])
+    for batch_size in (1, 2, 64):
+        torch.testing.assert_close(
+            default_model.encode_text(texts, batch_size=batch_size), one_by_one, atol=1e-5, rtol=0
+        )
+    assert torch.equal(default_model.encode_text(texts)[0], default_model.encode_text(texts)[5])
+
+
 @pytest.mark.parametrize(
     "backbone, pooling", [("vit", "cls"), ("vit", "avg"), ("vit", "pooler"), ("resnet", "pooler"), ("resnet", "avg")]
 )

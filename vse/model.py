@@ -67,6 +67,16 @@ def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def length_sorted(texts: Sequence[str]) -> list[int]:
+    """Indices of ``texts`` from shortest to longest, so that a batch pads little.
+
+    Web captions and tag lists vary from 1 to 60+ tokens; padding every batch to
+    its longest member made batched text encoding barely faster than one sentence
+    at a time (docs/PERFORMANCE.md).
+    """
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+
 class ImageEncoder(nn.Module):
     """Backbone + projection into the joint space (unnormalised output)."""
 
@@ -253,14 +263,23 @@ class VSEModel(
                 chunks = [self.embed_pixels(self.preprocess(chunk)) for chunk in batched(list(images), batch_size)]
             return self._concat(chunks)
 
-    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 128) -> torch.Tensor:
-        """(N, D) normalised embeddings of sentences, on the CPU."""
+    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 64) -> torch.Tensor:
+        """(N, D) normalised embeddings of sentences, on the CPU, in the order given.
+
+        Batches group sentences of similar length (see ``length_sorted``).
+        """
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
+        order = length_sorted(texts)
         with self._no_grad_unless_training():
-            return self._concat([self.embed_tokens(self.tokenize(chunk)) for chunk in batched(list(texts), batch_size)])
+            chunks = [
+                self.embed_tokens(self.tokenize([texts[i] for i in chunk])) for chunk in batched(order, batch_size)
+            ]
+            embeddings = self._concat(chunks)
+        return embeddings[torch.argsort(torch.tensor(order, dtype=torch.long))] if order else embeddings
 
-    def encode_tags(self, tag_lists: Sequence[Sequence[str]], batch_size: int = 128) -> torch.Tensor:
+    def encode_tags(self, tag_lists: Sequence[Sequence[str]], batch_size: int = 64) -> torch.Tensor:
         """(N, D) normalised embeddings of tag lists (see ``vse.text.tags_to_text``)."""
         return self.encode_text([tags_to_text(tags) for tags in tag_lists], batch_size)
 

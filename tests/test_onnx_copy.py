@@ -1,0 +1,133 @@
+"""ONNX Runtime copies of frozen backbones: same features as PyTorch, never stale, never in the way."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import vse.onnx_copy as onnx_copy
+from vse import VSEConfig, VSEModel
+from vse.backbones import EfficientNetLiteBackbone
+
+pytest.importorskip("onnxruntime")
+
+
+def backbone(runtime: str = "auto") -> EfficientNetLiteBackbone:
+    torch.manual_seed(0)
+    module = EfficientNetLiteBackbone("efficientnet-lite0", image_size=64, load_weights=False, runtime=runtime)
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def torch_features(module: EfficientNetLiteBackbone, pixels: torch.Tensor) -> torch.Tensor:
+    """Naive reference: the PyTorch trunk, NCHW, one image at a time."""
+    with torch.no_grad():
+        return torch.cat([module.trunk.extract_features(image[None]).mean(dim=(2, 3)) for image in pixels])
+
+
+def test_features_equal_pytorch_for_any_batch_size():
+    module = backbone()
+    pixels = torch.randn(7, 3, 64, 64)  # not a multiple of the micro-batch
+    with torch.inference_mode():
+        features = module(pixels)
+    assert module.onnx_copy.exported
+    assert features.shape == (7, module.feature_dim)
+    torch.testing.assert_close(features, torch_features(module, pixels), atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(pixels[:1]), features[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_weights_changed_in_place_are_followed():
+    module = backbone()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = module(pixels)
+    state = {name: tensor + 0.05 * torch.randn_like(tensor) if tensor.is_floating_point() else tensor
+             for name, tensor in module.state_dict().items()}  # fmt: skip
+    module.load_state_dict(state)
+    with torch.inference_mode():
+        after = module(pixels)
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_training_mode_and_the_torch_runtime_use_pytorch():
+    module = backbone()
+    pixels = torch.randn(2, 3, 64, 64, requires_grad=True)
+    out = module(pixels)  # the input asks for a gradient
+    assert out.requires_grad and not module.onnx_copy.exported
+    module.train()
+    with torch.no_grad():
+        module(pixels)
+    assert not module.onnx_copy.exported
+    torch_only = backbone("torch")
+    with torch.no_grad():
+        torch_only(pixels)
+    assert not torch_only.onnx_copy.exported
+
+
+def test_trainable_image_backbone_keeps_gradients():
+    model = VSEModel(VSEConfig(embed_dim=16, finetune_image=True, image_size=64)).train()
+    features = model.image_features(torch.randn(2, 3, 64, 64))
+    assert features.requires_grad
+    features.sum().backward()
+    assert model.image_encoder.backbone.trunk._conv_stem.weight.grad is not None
+    assert not model.image_encoder.backbone.onnx_copy.exported
+
+
+def test_copies_and_pickles_start_without_a_session():
+    module = backbone()
+    with torch.inference_mode():
+        module(torch.randn(1, 3, 64, 64))
+    clone = copy.deepcopy(module)
+    assert not clone.onnx_copy.exported and clone.pooled.trunk is clone.trunk
+    restored = pickle.loads(pickle.dumps(module.onnx_copy))
+    assert not restored.exported
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(pixels), module(pixels), atol=1e-5, rtol=1e-5)
+
+
+def test_state_dict_is_unchanged_by_the_copy():
+    assert all(not name.startswith("pooled") for name in backbone().state_dict())
+
+
+def test_runtime_choice_and_missing_package(monkeypatch):
+    monkeypatch.setenv(onnx_copy.RUNTIME_ENV, "tensorrt")
+    with pytest.raises(ValueError, match="VSE_IMAGE_RUNTIME"):
+        backbone(runtime=None)
+    monkeypatch.setenv(onnx_copy.RUNTIME_ENV, "torch")
+    assert backbone(runtime=None).runtime == "torch"
+    with pytest.raises(ValueError, match="image runtime"):
+        backbone(runtime="gpu")
+
+    monkeypatch.setattr(onnx_copy, "onnx_runtime_installed", lambda: False)
+    pixels = torch.randn(1, 3, 64, 64)
+    auto = backbone("auto")
+    with torch.inference_mode():
+        torch.testing.assert_close(auto(pixels), torch_features(auto, pixels))
+    assert not auto.onnx_copy.exported
+    with pytest.raises(ImportError, match="pip install onnx onnxruntime"), torch.inference_mode():
+        backbone("onnx")(pixels)
+
+
+def test_export_failure_falls_back_once(monkeypatch, caplog):
+    calls = []
+
+    def broken_export(module, example):
+        calls.append(1)
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(onnx_copy, "export_onnx", broken_export)
+    module = backbone("auto")
+    pixels = torch.randn(5, 3, 64, 64)
+    with torch.inference_mode():
+        features = module(pixels)
+        module(pixels)
+    torch.testing.assert_close(features, torch_features(module, pixels), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1 and "using PyTorch" in caplog.text
+    with pytest.raises(RuntimeError, match="unsupported"), torch.inference_mode():
+        backbone("onnx")(pixels)
