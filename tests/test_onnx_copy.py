@@ -40,6 +40,13 @@ def test_features_equal_pytorch_for_any_batch_size():
         torch.testing.assert_close(module(pixels[:1]), features[:1], atol=1e-5, rtol=1e-5)
 
 
+def test_export_leaves_every_module_mode_alone():
+    module = backbone()
+    with torch.inference_mode():
+        module(torch.randn(1, 3, 64, 64))
+    assert not any(submodule.training for submodule in module.modules())
+
+
 def test_weights_changed_in_place_are_followed():
     module = backbone()
     pixels = torch.randn(2, 3, 64, 64)
@@ -97,11 +104,11 @@ def test_state_dict_is_unchanged_by_the_copy():
 
 def test_runtime_choice_and_missing_package(monkeypatch):
     monkeypatch.setenv(onnx_copy.RUNTIME_ENV, "tensorrt")
-    with pytest.raises(ValueError, match="VSE_IMAGE_RUNTIME"):
+    with pytest.raises(ValueError, match="VSE_RUNTIME"):
         backbone(runtime=None)
     monkeypatch.setenv(onnx_copy.RUNTIME_ENV, "torch")
     assert backbone(runtime=None).runtime == "torch"
-    with pytest.raises(ValueError, match="image runtime"):
+    with pytest.raises(ValueError, match="runtime must be"):
         backbone(runtime="gpu")
 
     monkeypatch.setattr(onnx_copy, "onnx_runtime_installed", lambda: False)
@@ -117,7 +124,7 @@ def test_runtime_choice_and_missing_package(monkeypatch):
 def test_export_failure_falls_back_once(monkeypatch, caplog):
     calls = []
 
-    def broken_export(module, example):
+    def broken_export(module, example, dynamic_axes):
         calls.append(1)
         raise RuntimeError("unsupported operator")
 
@@ -131,3 +138,46 @@ def test_export_failure_falls_back_once(monkeypatch, caplog):
     assert len(calls) == 1 and "using PyTorch" in caplog.text
     with pytest.raises(RuntimeError, match="unsupported"), torch.inference_mode():
         backbone("onnx")(pixels)
+
+
+@pytest.fixture()
+def text_encoder(tiny_bert):
+    from vse.text import TransformerTextEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerTextEncoder(str(tiny_bert), embed_dim=8, runtime="auto")
+    encoder.backbone.requires_grad_(False)
+    return encoder.eval()
+
+
+def naive_text_features(encoder, texts: list[str]) -> torch.Tensor:
+    """Reference: the PyTorch backbone, one unpadded sentence at a time, mean over tokens."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            batch = encoder.tokenize([text])
+            rows.append(encoder.backbone(**batch).last_hidden_state.mean(dim=1))
+    return torch.cat(rows)
+
+
+def test_text_features_equal_pytorch_for_padded_batches(text_encoder):
+    texts = ["a red apple", "a flag with a star and a moon and a sun", "", "clock"]
+    with torch.inference_mode():
+        features = text_encoder.features(text_encoder.tokenize(texts))
+        single = text_encoder.features(text_encoder.tokenize(texts[1:2]))
+    assert text_encoder.onnx_copy.exported
+    torch.testing.assert_close(features, naive_text_features(text_encoder, texts), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(single, features[1:2], atol=1e-5, rtol=1e-4)
+
+
+def test_text_training_and_unusual_tokenizers_use_pytorch(text_encoder):
+    text_encoder.backbone.requires_grad_(True)
+    text_encoder.train()
+    batch = text_encoder.tokenize(["a red apple", "a clock"])
+    features = text_encoder.features(batch)
+    assert features.requires_grad and not text_encoder.onnx_copy.exported
+    text_encoder.eval()
+    with torch.inference_mode():
+        reference = text_encoder.features(batch)
+        unusual = text_encoder.features({"input_ids": batch["input_ids"]})  # no mask: mean over all tokens
+    assert unusual.shape == reference.shape

@@ -112,6 +112,9 @@ class PooledTrunk(nn.Module):
         self.trunk = trunk
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # NHWC runs the depthwise convolutions of this network about twice as fast in
+        # PyTorch on CPUs (docs/PERFORMANCE.md); an exported copy has no memory format.
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self.trunk.extract_features(pixels).mean(dim=(2, 3))
 
 
@@ -140,8 +143,7 @@ class EfficientNetLiteBackbone(nn.Module):
             trunk.load_state_dict(state)
         trunk._fc = nn.Identity()  # the ImageNet classifier is not used
         trunk._dropout = nn.Identity()
-        # NHWC runs the depthwise convolutions of this network about twice as fast on
-        # CPUs (docs/PERFORMANCE.md); results equal NCHW up to float rounding.
+        # Channels-last weights to match the NHWC activations of PooledTrunk.
         self.trunk = trunk.to(memory_format=torch.channels_last)
         self.micro_batch = 4
         self.image_size = image_size or EfficientNet.get_image_size(name)
@@ -152,19 +154,16 @@ class EfficientNetLiteBackbone(nn.Module):
         self.runtime = check_runtime(runtime or default_runtime())
         self.onnx_copy = OnnxCopy()
 
-    def train(self, mode: bool = True) -> EfficientNetLiteBackbone:
-        super().train(mode)
-        self.pooled.training = mode
-        return self
-
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return to_pixel_tensor(images, self.image_size, LITE_MEAN, LITE_STD, self.resize_mode)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # Small slices keep the activations in cache: on a 2-core CPU, batches of 4
         # run about 1.8x faster per image than batches of 64 (docs/PERFORMANCE.md).
-        slices = pixels.contiguous(memory_format=torch.channels_last).split(self.micro_batch)
-        return torch.cat([run_frozen(self.pooled, self.onnx_copy, self.runtime, part) for part in slices])
+        slices = pixels.split(self.micro_batch)
+        return torch.cat(
+            [run_frozen(self.pooled, self.onnx_copy, self.runtime, {"pixels": part}, self.training) for part in slices]
+        )
 
     def save_architecture(self, folder: Path) -> None:
         """Nothing to write: the architecture is fixed by the registry name."""

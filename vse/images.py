@@ -135,8 +135,9 @@ def to_pixel_tensor(
             image = resize_center_crop(image, size)
         else:
             raise ValueError(f"resize_mode must be 'pad' or 'crop', got {resize_mode!r}")
-        arrays.append(np.asarray(image, dtype=np.float32))
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
-    std_t = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-    return (batch - mean_t) / std_t
+        arrays.append(np.asarray(image, dtype=np.uint8))
+    # (x / 255 - mean) / std as one multiply-add on the uint8 batch.
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))
+    shift = -torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32)
+    return torch.addcmul(shift[None, :, None, None], batch, scale[None, :, None, None]).contiguous()

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from vse.onnx_copy import OnnxCopy, check_runtime, default_runtime, run_frozen
 from vse.vocab import PAD_ID, UNK_ID, save_vocabulary
 
 _SEPARATORS = re.compile(r"[_\-\s]+")
@@ -78,8 +79,43 @@ class GRUTextEncoder(nn.Module):
         save_vocabulary(self.tokenizer, folder)
 
 
+# Tokenizer outputs a transformer text model takes, in the order PooledTokens takes them.
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, hidden) from (B, T, hidden) token states: the first token, or the mean over real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class PooledTokens(nn.Module):
+    """A ``transformers`` text model pooled over tokens: (B, T) ids and mask -> (B, hidden)."""
+
+    def __init__(self, backbone: nn.Module, pooling: str):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        return pool_tokens(self.backbone(**batch).last_hidden_state, attention_mask, self.pooling)
+
+
 class TransformerTextEncoder(nn.Module):
-    """A ``transformers`` text model, pooled over tokens, projected: (B, embed_dim)."""
+    """A ``transformers`` text model, pooled over tokens, projected: (B, embed_dim).
+
+    When frozen, inference runs on an ONNX Runtime copy of the backbone where that
+    is installed (``runtime``: "auto", "onnx" or "torch"; see ``vse.onnx_copy``).
+    """
 
     def __init__(
         self,
@@ -89,6 +125,7 @@ class TransformerTextEncoder(nn.Module):
         max_tokens: int = 64,
         load_weights: bool = True,
         architecture_dir: str | Path | None = None,
+        runtime: str | None = None,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -103,6 +140,10 @@ class TransformerTextEncoder(nn.Module):
         self.max_tokens = max_tokens
         self.feature_dim = int(self.backbone.config.hidden_size)
         self.projection = nn.Linear(self.feature_dim, embed_dim)
+        # The backbone wrapped for export; not a submodule, so the state dict is unchanged.
+        object.__setattr__(self, "pooled", PooledTokens(self.backbone, pooling))
+        self.runtime = check_runtime(runtime or default_runtime())
+        self.onnx_copy = OnnxCopy({0: "batch", 1: "tokens"})
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return dict(
@@ -111,11 +152,10 @@ class TransformerTextEncoder(nn.Module):
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, hidden) pooled token states of the backbone (cacheable when frozen)."""
-        hidden = self.backbone(**batch).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        inputs = {name: batch[name] for name in TOKEN_INPUTS if name in batch}
+        if set(batch) != set(inputs) or "attention_mask" not in inputs:  # an unusual tokenizer: PyTorch only
+            return pool_tokens(self.backbone(**batch).last_hidden_state, batch.get("attention_mask"), self.pooling)
+        return run_frozen(self.pooled, self.onnx_copy, self.runtime, inputs, self.backbone.training)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.projection(self.features(batch))
