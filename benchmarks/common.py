@@ -67,6 +67,8 @@ def machine_line() -> str:
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(value) -> str:
+        if isinstance(value, float) and value != value:  # NaN: the column does not apply
+            return "–"
         if isinstance(value, float):
             return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
         return str(value)

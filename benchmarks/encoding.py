@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 Matrix multiply measured in the same run: **{matmul:.1f} GFLOP/s**; EfficientNet-Lite0 at 224 px:
 **{gflops:.3f} GFLOP per image** (FlopCounterMode); FLOP bound **{bound:.0f} images/s**.
 Images are the demo gallery's WebP files, so decoding and preprocessing are included.
-The ONNX Runtime copy is what `encode_image` uses by default for frozen backbones on CPUs
-(`vse/onnx_copy.py`); the PyTorch row is the same call with `VSE_IMAGE_RUNTIME=torch`.
+The ONNX Runtime copy is what `encode_image` and `encode_text` use by default for frozen backbones on CPUs
+(`vse/onnx_copy.py`); the PyTorch row is the same call with `VSE_RUNTIME=torch`.
 
 {markdown_table(["input", "path", "items/s", "× naive", "share of FLOP bound"], rows)}
 """

@@ -12,8 +12,6 @@ import vse.onnx_copy as onnx_copy
 from vse import VSEConfig, VSEModel
 from vse.backbones import EfficientNetLiteBackbone
 
-pytest.importorskip("onnxruntime")
-
 
 def backbone(runtime: str = "auto") -> EfficientNetLiteBackbone:
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ def check_runtime(runtime: str) -> str:
 
 
 def default_runtime() -> str:
-    """The runtime named by ``VSE_IMAGE_RUNTIME`` (``auto`` when unset)."""
+    """The runtime named by ``VSE_RUNTIME`` (``auto`` when unset)."""
     value = os.environ.get(RUNTIME_ENV, "auto").strip().lower() or "auto"
     if value not in RUNTIMES:
         raise ValueError(f"{RUNTIME_ENV} must be one of {RUNTIMES}, got {value!r}")
