@@ -54,7 +54,9 @@ def scaled_service(size: int):
         np.random.default_rng(0).normal(scale=0.02, size=(size, base_emb.images.shape[1])).astype(np.float32)
     )
     images = torch.nn.functional.normalize(base_emb.images[rows] + noise, dim=1)
-    embeddings = GalleryEmbeddings(images, base_emb.captions, base_emb.digest, gallery.fingerprint, base_emb.tags[rows])
+    # Only the first copy keeps captions, so its caption pool is a prefix of the demo's.
+    captions = base_emb.captions[: len(gallery.caption_texts)]
+    embeddings = GalleryEmbeddings(images, captions, base_emb.digest, gallery.fingerprint, base_emb.tags[rows])
     model = VSEModel.from_pretrained(ROOT / "assets" / "model")
     return RetrievalService(model, base_emb.digest, gallery, embeddings)
 

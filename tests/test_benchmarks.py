@@ -1,0 +1,36 @@
+"""The benchmark scripts still run end to end (tiny sizes, nothing written to docs/)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "docs" / "PERFORMANCE.md", ROOT / "docs" / "RELIABILITY.md"]
+
+
+def docs_digest() -> str:
+    return hashlib.sha256(b"".join(path.read_bytes() for path in DOCS)).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("encoding", ["--images", "8", "--sentences", "40"]),
+        ("search", ["--sizes", "2000", "--dim", "32"]),
+        ("training", ["--sizes", "1000", "2000"]),
+        ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2"]),
+    ],
+)
+def test_benchmark_runs_and_prints_its_table(module, argv, capsys):
+    import importlib
+
+    before = docs_digest()
+    script = importlib.import_module(f"benchmarks.{module}")
+    assert script.main([*argv, "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert "error:" not in printed
+    assert docs_digest() == before  # --no-report leaves the recorded figures alone
