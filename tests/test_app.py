@@ -27,6 +27,14 @@ def find_test_item(app, caption: str):
     return next(item for item in app.service.gallery.items if item.split == "test" and item.captions[0] == caption)
 
 
+def test_startup_prepares_the_fast_runtimes(served):
+    """The ONNX Runtime copies are exported at startup, not on the first user's query."""
+    _, app = served
+    model = app.service.model
+    assert model.text_encoder.onnx_copy.exported
+    assert model.image_encoder.backbone.onnx_copy.exported
+
+
 @pytest.mark.parametrize("caption", ["Tennis shoes", "Simple Crown with One Riser", "The Moon"])
 def test_known_test_caption_finds_its_image(served, caption):
     """Held-out test images, searched among the whole gallery (6,800 images)."""

@@ -104,6 +104,7 @@ class RetrievalService:
         if embeddings.dropped:
             log.warning("gallery %s: %d unreadable images left out", gallery_source, len(embeddings.dropped))
         service = cls(model, revision, gallery.without(embeddings.dropped), embeddings, index_kind)
+        service.warm_up()
         log.info(
             "loaded %d images, %d captions in %.1fs",
             len(gallery),
@@ -128,6 +129,13 @@ class RetrievalService:
         built.digest = revision
         built.save(data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}")
         return built
+
+    def warm_up(self) -> None:
+        """Encode one query and one image, so that one-off work (exporting the
+        ONNX Runtime copies of frozen backbones) does not land on the first user."""
+        self.model.encode_text(["warm up"])
+        if len(self.gallery):
+            self.model.encode_image([self.gallery.image(0)])
 
     # ------------------------------------------------------------ queries
     def search_text(self, query: str, k: int = 12) -> list[Hit]:
