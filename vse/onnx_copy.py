@@ -21,6 +21,7 @@ used) or ``torch``.  A backbone's ``runtime`` attribute overrides it per model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import logging
@@ -54,6 +55,7 @@ def default_runtime() -> str:
     return value
 
 
+@functools.cache
 def onnx_runtime_installed() -> bool:
     """Both the exporter's dependency (onnx) and the runtime (onnxruntime) are importable."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
