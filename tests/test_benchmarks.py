@@ -19,7 +19,7 @@ def docs_digest() -> str:
 @pytest.mark.parametrize(
     "module, argv",
     [
-        ("encoding", ["--images", "8", "--sentences", "40"]),
+        ("encoding", ["--images", "8", "--sentences", "40", "--rounds", "2"]),
         ("search", ["--sizes", "2000", "--dim", "32"]),
         ("training", ["--sizes", "1000", "2000"]),
         ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2"]),
