@@ -281,7 +281,7 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             with gr.Row():
                 query = gr.Textbox(label="Describe an image", placeholder="a red apple", scale=4, max_length=500)
                 top_k = gr.Slider(1, 48, value=DEFAULT_TOP_K, step=1, label="results")
-                search_button = gr.Button("Search", variant="primary")
+                search_button = gr.Button("Search", variant="primary", elem_id="search-button")
             results = gr.Gallery(label="Results", columns=6, height="auto", allow_preview=False, elem_id="results")
             with gr.Row():
                 selected_title = gr.Textbox(label="Selected image", interactive=False)

@@ -22,7 +22,7 @@ def docs_digest() -> str:
         ("encoding", ["--images", "8", "--sentences", "40", "--rounds", "2"]),
         ("search", ["--sizes", "2000", "--dim", "32"]),
         ("training", ["--sizes", "1000", "2000"]),
-        ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2"]),
+        ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2", "--browser-queries", "3"]),
     ],
 )
 def test_benchmark_runs_and_prints_its_table(module, argv, capsys):
