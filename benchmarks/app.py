@@ -170,6 +170,8 @@ def browser_latencies(url: str, queries: list[str]) -> tuple[list[float], list[s
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(url)
+        for element in ("#results", "#search-button"):  # Gradio renders the page after it loads
+            page.locator(element).wait_for(timeout=60_000)
         box = page.get_by_label("Describe an image")
         for query in queries:
             try:
