@@ -183,3 +183,24 @@ def test_text_training_and_unusual_tokenizers_use_pytorch(text_encoder):
         reference = text_encoder.features(batch)
         unusual = text_encoder.features({"input_ids": batch["input_ids"]})  # no mask: mean over all tokens
     assert unusual.shape == reference.shape
+
+
+@pytest.mark.parametrize(
+    "backbone_name, pooling",
+    [("vit", "cls"), ("vit", "avg"), ("vit", "pooler"), ("resnet", "pooler"), ("resnet", "avg")],
+)
+def test_transformers_vision_backbones_equal_pytorch(request, backbone_name, pooling):
+    from vse.backbones import TransformersVisionBackbone
+
+    torch.manual_seed(0)
+    folder = request.getfixturevalue(f"tiny_{backbone_name}")
+    module = TransformersVisionBackbone(str(folder), pooling=pooling, runtime="auto").requires_grad_(False).eval()
+    size = module.processor.size
+    side = size.get("height") or size.get("shortest_edge")
+    pixels = torch.randn(3, 3, side, side)
+    with torch.inference_mode():
+        features = module(pixels)
+        module.runtime = "torch"
+        reference = torch.cat([module(image[None]) for image in pixels])
+    assert module.onnx_copy.exported and not module.onnx_copy.failed
+    torch.testing.assert_close(features, reference, atol=1e-5, rtol=1e-4)

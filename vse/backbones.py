@@ -176,8 +176,35 @@ def _vision_feature_dim(config) -> int:
     return int(config.hidden_size)
 
 
+class PooledVision(nn.Module):
+    """A ``transformers`` vision model pooled to one vector per image: (B, 3, H, W) -> (B, F)."""
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tower = getattr(self.model, "vision_model", self.model)  # CLIP-like dual encoders
+        output = tower(pixel_values=pixel_values)
+        if self.pooling == "pooler":
+            if getattr(output, "pooler_output", None) is None:
+                raise ValueError("this backbone has no pooled output; use image_pooling='avg' or 'cls'")
+            return output.pooler_output.flatten(1)
+        hidden = output.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if hidden.ndim == 4:  # convolutional feature map (B, C, H, W)
+            return hidden.mean(dim=(2, 3))
+        return hidden[:, 1:].mean(dim=1)  # token sequence: average the patch tokens
+
+
 class TransformersVisionBackbone(nn.Module):
-    """A ``transformers`` vision model pooled to one vector per image."""
+    """A ``transformers`` vision model pooled to one vector per image.
+
+    When frozen, inference runs on an ONNX Runtime copy of the model where that is
+    installed (``runtime``: "auto", "onnx" or "torch"; see ``vse.onnx_copy``).
+    """
 
     def __init__(
         self,
@@ -186,6 +213,7 @@ class TransformersVisionBackbone(nn.Module):
         resize_mode: str = "pad",
         load_weights: bool = True,
         architecture_dir: str | Path | None = None,
+        runtime: str | None = None,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -202,6 +230,10 @@ class TransformersVisionBackbone(nn.Module):
         self.pooling = pooling
         self.resize_mode = resize_mode
         self.feature_dim = _vision_feature_dim(self.model.config)
+        # The model wrapped for export; not a submodule, so the state dict is unchanged.
+        object.__setattr__(self, "pooled", PooledVision(self.model, pooling))
+        self.runtime = check_runtime(runtime or default_runtime())
+        self.onnx_copy = OnnxCopy()
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         if self.resize_mode == "pad":
@@ -209,18 +241,7 @@ class TransformersVisionBackbone(nn.Module):
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        tower = getattr(self.model, "vision_model", self.model)  # CLIP-like dual encoders
-        output = tower(pixel_values=pixels)
-        if self.pooling == "pooler":
-            if getattr(output, "pooler_output", None) is None:
-                raise ValueError("this backbone has no pooled output; use image_pooling='avg' or 'cls'")
-            return output.pooler_output.flatten(1)
-        hidden = output.last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if hidden.ndim == 4:  # convolutional feature map (B, C, H, W)
-            return hidden.mean(dim=(2, 3))
-        return hidden[:, 1:].mean(dim=1)  # token sequence: average the patch tokens
+        return run_frozen(self.pooled, self.onnx_copy, self.runtime, {"pixel_values": pixels}, self.training)
 
     def save_architecture(self, folder: Path) -> None:
         """Write the backbone config and image processor so it can be rebuilt offline."""
