@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine_line, markdown_table, percentile_ms, write_section
+from benchmarks.common import machine_line, markdown_table, percentile_ms, run_to_completion, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,12 +127,7 @@ def run_clients(
     threads = [
         threading.Thread(target=timed_queries, args=(factory, part, results, errors, endpoint)) for part in share
     ]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results, errors, time.perf_counter() - start
+    return results, errors, run_to_completion(threads)
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -17,10 +17,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import machine_line, markdown_table, write_section
+from benchmarks.common import machine_line, markdown_table, run_to_completion, write_section
 from benchmarks.load import RELIABILITY
 from vse.feedback import FeedbackStore
 
@@ -38,12 +37,7 @@ def concurrent_writers(folder: Path, writers: int, votes: int) -> list:
     FeedbackStore(db_path)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=write_votes, args=(db_path, w, votes)) for w in range(writers)]
-    start = time.perf_counter()
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join()
-    seconds = time.perf_counter() - start
+    seconds = run_to_completion(processes)
     stored = FeedbackStore(db_path).votes()
     distinct = len({(v.user, v.image_id, v.tag) for v in stored})
     failed = sum(p.exitcode != 0 for p in processes)

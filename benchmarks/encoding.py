@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import REPORT, machine_line, markdown_table, matmul_gflops, write_section
+from benchmarks.common import REPORT, figure, machine_line, markdown_table, matmul_gflops, write_section
 from vse import VSEConfig, VSEModel
 from vse.vocab import build_vocabulary
 
@@ -169,22 +169,14 @@ def text_rows(name: str, model: VSEModel, sentences: list[str], rounds: int) -> 
 
 def plot(rows: list[list], path: Path) -> None:
     """Horizontal bars: each path's speed-up over its naive loop, with the 2x target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(rows) + 1.2), dpi=120)
-    labels = [f"{row[0]}: {row[1]}" for row in rows][::-1]
-    ax.barh(labels, [row[3] for row in rows][::-1], color="#4c72b0")
-    ax.axvline(2.0, color="#c44e52", linestyle="--", linewidth=1, label="target: 2x the naive loop")
-    ax.set_xlabel("× the naive one-at-a-time loop (same run)")
-    ax.tick_params(axis="y", labelsize=6)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, (8.5, 0.32 * len(rows) + 1.2)) as ax:
+        labels = [f"{row[0]}: {row[1]}" for row in rows][::-1]
+        ax.barh(labels, [row[3] for row in rows][::-1], color="#4c72b0")
+        ax.axvline(2.0, color="#c44e52", linestyle="--", linewidth=1, label="target: 2x the naive loop")
+        ax.set_xlabel("× the naive one-at-a-time loop (same run)")
+        ax.tick_params(axis="y", labelsize=6)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:

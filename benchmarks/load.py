@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.common import machine_line, markdown_table, percentile_ms, write_section
+from benchmarks.common import machine_line, markdown_table, percentile_ms, run_to_completion, write_section
 
 RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 QUERIES = ["a red apple", "a flag with a star", "a telephone", "a clock", "a house", "a guitar", "a car", "a bird"]
@@ -75,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=client_loop, args=(url, c, deadline, upload, items, log, lock))
             for c in range(args.clients)
         ]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - start
+        elapsed = run_to_completion(threads)
         stored = app.store.count()
     rows, total, errors = [], 0, 0
     for action in ("search", "upload", "vote"):

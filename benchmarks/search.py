@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPORT, machine_line, markdown_table, percentile_ms, read_bandwidth_gbs, write_section
+from benchmarks.common import (
+    REPORT,
+    figure,
+    machine_line,
+    markdown_table,
+    percentile_ms,
+    read_bandwidth_gbs,
+    write_section,
+)
 from vse.index import build_index, exact_search
 
 KINDS = ("exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
@@ -99,25 +107,17 @@ def real_embeddings() -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for data in dict.fromkeys(r["data"] for r in rows):
-        subset = [r for r in rows if r["data"] == data]
-        ax.scatter([r["p50_ms"] for r in subset], [r["recall@10"] for r in subset], label=data)
-        for r in subset:
-            ax.annotate(r["kind"], (r["p50_ms"], r["recall@10"]), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("single-query p50 latency (ms, log)")
-    ax.set_ylabel("recall@10 vs exact")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, (6, 3.6)) as ax:
+        for data in dict.fromkeys(r["data"] for r in rows):
+            subset = [r for r in rows if r["data"] == data]
+            ax.scatter([r["p50_ms"] for r in subset], [r["recall@10"] for r in subset], label=data)
+            for r in subset:
+                ax.annotate(r["kind"], (r["p50_ms"], r["recall@10"]), fontsize=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("single-query p50 latency (ms, log)")
+        ax.set_ylabel("recall@10 vs exact")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
 
 
 def report(rows: list[dict], bandwidth: float, dim: int, command: str) -> str:
