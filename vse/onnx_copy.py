@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -157,11 +157,15 @@ class OnnxCopy:
     def exported(self) -> bool:
         return self._session is not None
 
-    def run(self, module: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``module(*inputs.values())`` computed by ONNX Runtime."""
+    def run(self, module: nn.Module, inputs: dict[str, torch.Tensor], micro_batch: int = 0) -> torch.Tensor:
+        """``module(*inputs.values())`` computed by ONNX Runtime, ``micro_batch`` rows per call."""
         session = self._current_session(module, inputs)
-        (output,) = session.run(None, {name: as_array(tensor) for name, tensor in inputs.items()})
-        return torch.from_numpy(output)
+
+        def compute(part: dict[str, torch.Tensor]) -> torch.Tensor:
+            (output,) = session.run(None, {name: as_array(tensor) for name, tensor in part.items()})
+            return torch.from_numpy(output)
+
+        return in_slices(compute, inputs, micro_batch)
 
     def _current_session(self, module: nn.Module, inputs: dict[str, torch.Tensor]):
         key = (weights_stamp(module), tuple(inputs), torch.get_num_threads())
@@ -174,27 +178,49 @@ class OnnxCopy:
             return self._session
 
 
+def in_slices(
+    compute: Callable[[dict[str, torch.Tensor]], torch.Tensor], inputs: dict[str, torch.Tensor], size: int
+) -> torch.Tensor:
+    """``compute`` over consecutive slices of ``size`` rows of every input, concatenated (0: all at once)."""
+    rows = next(iter(inputs.values())).shape[0]
+    if size <= 0 or rows <= size:
+        return compute(inputs)
+    parts = [{name: tensor[start : start + size] for name, tensor in inputs.items()} for start in range(0, rows, size)]
+    return torch.cat([compute(part) for part in parts])
+
+
 def run_frozen(
-    module: nn.Module, copy: OnnxCopy, runtime: str, inputs: dict[str, torch.Tensor], training: bool
+    module: nn.Module,
+    copy: OnnxCopy,
+    runtime: str,
+    inputs: dict[str, torch.Tensor],
+    training: bool,
+    micro_batch: int = 0,
 ) -> torch.Tensor:
     """``module(*inputs.values())``, by ONNX Runtime where ``runtime`` allows and it gives the same answer.
 
     ``training``: whether the owner of ``module`` is in training mode (dropout,
-    batch statistics), which only PyTorch computes.
+    batch statistics), which only PyTorch computes.  ``micro_batch``: rows per
+    call in either runtime (0: the whole batch); the choice of runtime and the
+    check of the weights happen once per call of this function, not per slice.
     """
+
+    def in_pytorch() -> torch.Tensor:
+        return in_slices(lambda part: module(*part.values()), inputs, micro_batch)
+
     on_cpu = all(tensor.device.type == "cpu" for tensor in inputs.values())
     eligible = on_cpu and not training and not needs_autograd(module, inputs)
     if runtime == "torch" or not eligible or (runtime == "auto" and copy.failed):
-        return module(*inputs.values())
+        return in_pytorch()
     if not onnx_runtime_installed():
         if runtime == "onnx":
             raise ImportError("runtime 'onnx' needs: pip install onnx onnxruntime")
-        return module(*inputs.values())
+        return in_pytorch()
     if runtime == "onnx":
-        return copy.run(module, inputs)
+        return copy.run(module, inputs, micro_batch)
     try:
-        return copy.run(module, inputs)
+        return copy.run(module, inputs, micro_batch)
     except Exception as err:  # export of an unusual module or a runtime without its ops
         copy.failed = True
         log.warning("ONNX Runtime unavailable for this backbone (%s); using PyTorch", err)
-        return module(*inputs.values())
+        return in_pytorch()
