@@ -22,6 +22,7 @@ def docs_digest() -> str:
         ("encoding", ["--images", "8", "--sentences", "40", "--rounds", "2"]),
         ("search", ["--sizes", "2000", "--dim", "32"]),
         ("training", ["--sizes", "1000", "2000"]),
+        ("cache", ["--sizes", "16", "32"]),
         ("durability", ["--writers", "2", "--votes", "20"]),
         ("load", ["--clients", "2", "--seconds", "3"]),
         ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2", "--browser-queries", "3"]),
