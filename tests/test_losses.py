@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vse.losses import LossTerm, combined_ranking_loss, hinge_ranking_loss
+from vse.losses import LossTerm, combined_ranking_loss, hinge_ranking_loss, infonce_loss
 
 
 def naive_hinge(images, texts, margin, max_violation, ids=None):
@@ -94,3 +94,70 @@ def test_bad_shapes_are_refused():
         hinge_ranking_loss(torch.zeros(3, 4), torch.zeros(3, 4), image_ids=torch.zeros(2))
     with pytest.raises(ValueError, match="at least one term"):
         combined_ranking_loss([])
+
+
+def naive_infonce(images, texts, scale, ids=None, weights=None):
+    """Loop reference: per pair, the mean of both directions' cross-entropies over non-positive rows."""
+    import math
+
+    n = images.shape[0]
+    ids = list(range(n)) if ids is None else ids.tolist()
+    weights = [1.0] * n if weights is None else weights.tolist()
+    s = [[scale * float(images[i] @ texts[j]) for j in range(n)] for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        rows = [j for j in range(n) if j == i or ids[j] != ids[i]]
+        image_side = -s[i][i] + math.log(sum(math.exp(s[i][j]) for j in rows))
+        text_side = -s[i][i] + math.log(sum(math.exp(s[j][i]) for j in rows))
+        total += weights[i] * 0.5 * (image_side + text_side)
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_infonce_matches_naive_reference_with_positives_and_weights(seed):
+    images, texts = random_pairs(n=8, seed=seed)
+    ids = torch.tensor([0, 0, 1, 2, 3, 3, 3, 4])
+    weights = torch.tensor([1.0, 0.5, 0.0, 1.0, 0.2, 1.0, 0.7, 0.9], dtype=torch.float64)
+    log_scale = torch.tensor(2.5, dtype=torch.float64)
+    got = infonce_loss(images, texts, log_scale, image_ids=ids, pair_weights=weights)
+    assert got.item() == pytest.approx(naive_infonce(images, texts, float(log_scale.exp()), ids, weights), rel=1e-9)
+    plain = infonce_loss(images, texts, log_scale)
+    assert plain.item() == pytest.approx(naive_infonce(images, texts, float(log_scale.exp())), rel=1e-9)
+    # The scale is capped as CLIP's: beyond 100 it changes nothing.
+    assert infonce_loss(images, texts, torch.tensor(8.0)).item() == pytest.approx(
+        infonce_loss(images, texts, torch.tensor(9.0)).item()
+    )
+
+
+@pytest.mark.parametrize("max_violation", [False, True])
+def test_pair_weights_scale_each_pair_of_the_hinge_loss(max_violation):
+    """Weighted hinge = sum over pairs of weight x (that pair's two anchor costs), as a loop computes it."""
+    images, texts = random_pairs(n=7, seed=4)
+    weights = torch.tensor([1.0, 0.0, 0.5, 0.25, 1.0, 0.8, 0.1], dtype=torch.float64)
+    got = hinge_ranking_loss(images, texts, max_violation=max_violation, pair_weights=weights)
+    n, margin = 7, 0.2
+    s = images @ texts.t()
+    want = 0.0
+    for i in range(n):
+        text_costs = [max(0.0, margin + float(s[i, j] - s[i, i])) for j in range(n) if j != i]
+        image_costs = [max(0.0, margin + float(s[j, i] - s[i, i])) for j in range(n) if j != i]
+        reduce = max if max_violation else sum
+        want += float(weights[i]) * (reduce(text_costs) + reduce(image_costs))
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    # A zero-weight pair still serves as a negative for the others.
+    dropped = hinge_ranking_loss(images[[0, 2, 3, 4, 5, 6]], texts[[0, 2, 3, 4, 5, 6]], max_violation=max_violation,
+                                 pair_weights=weights[[0, 2, 3, 4, 5, 6]])  # fmt: skip
+    if not max_violation:
+        assert got.item() > dropped.item()
+
+
+def test_combined_loss_kinds():
+    images, texts = random_pairs(n=5, seed=9)
+    term = LossTerm(images, texts, weight=2.0)
+    assert combined_ranking_loss([term], kind="infonce", logit_scale=torch.tensor(1.0)).item() == pytest.approx(
+        2.0 * infonce_loss(images, texts, torch.tensor(1.0)).item()
+    )
+    with pytest.raises(ValueError, match="logit_scale"):
+        combined_ranking_loss([term], kind="infonce")
+    with pytest.raises(ValueError, match="loss kind"):
+        combined_ranking_loss([term], kind="triplet")

@@ -79,17 +79,47 @@ def test_two_stages_evaluate_save_load(shapes, tmp_path, text_encoder, capsys):
     assert json.loads((output / "replicas.json").read_text())["world_size"] == 1
 
 
-def test_resume_continues_where_it_stopped(shapes, tmp_path, caplog):
-    output, cache = tmp_path / "run", tmp_path / "cache"
-    base = train_args(shapes, output, cache, "--stage2.enabled=false")
-    assert train_main([*base, "--stage1.optim.epochs=2"]) == 0
-    first = VSEModel.from_pretrained(output / "checkpoint" / "model")
+def same_weights(a: Path, b: Path) -> None:
+    first, second = VSEModel.from_pretrained(a).state_dict(), VSEModel.from_pretrained(b).state_dict()
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], msg=name)
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_refuses_a_changed_config(shapes, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    base = train_args(shapes, tmp_path / "unused", cache, "--stage1.optim.epochs=3", "--stage2.optim.epochs=2",
+                      "--stage1.loss.kind=infonce")  # fmt: skip
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train_main([*base, f"--output_dir={straight}"]) == 0
+    for stop in (2, 4):  # once inside stage one, once inside stage two
+        assert train_main([*base, f"--output_dir={interrupted}", f"--stop_after_epochs={stop}"]) == 0
+        assert not (interrupted / "model").exists()
     caplog.set_level("INFO")
-    assert train_main([*base, "--stage1.optim.epochs=3"]) == 0
-    assert "resuming after epoch 2" in caplog.text
-    epochs = [r["epoch"] for r in read_log(output)]
-    assert epochs == [1, 2, 3]  # nothing retrained
-    assert first is not None
+    assert train_main([*base, f"--output_dir={interrupted}", "--stage1.optim.lr=1e-3"]) == 2
+    assert "different config" in caplog.text and "stage1.optim.lr: 0.0002 -> 0.001" in caplog.text
+    assert train_main([*base, f"--output_dir={interrupted}"]) == 0
+    assert "stage2: resuming after epoch 1" in caplog.text
+    epochs = [(r["stage"], r["epoch"]) for r in read_log(interrupted)]
+    assert epochs == [("stage1", 1), ("stage1", 2), ("stage1", 3), ("stage2", 1), ("stage2", 2)]  # nothing retrained
+    same_weights(straight / "model", interrupted / "model")
+    # Starting afresh in the same folder clears the earlier state, so nothing stale is picked up.
+    assert train_main([*base, f"--output_dir={interrupted}", "--resume=false", "--seed=1"]) == 0
+    assert [r["epoch"] for r in read_log(interrupted)] == [1, 2, 3, 1, 2]
+    assert len(list(interrupted.glob("curriculum-*.npy"))) == 2  # keyed by the stage-one model it came from
+
+
+def test_selection_spans_both_stages(shapes, tmp_path):
+    """A stage two that only makes things worse leaves the stage-one model selected."""
+    output = tmp_path / "run"
+    args = train_args(shapes, output, tmp_path / "cache", "--stage2.optim.lr=0.5", "--stage2.optim.grad_clip=0")
+    assert train_main(args) == 0
+    log = read_log(output)
+    best_stage1 = max(r["val_rsum"] for r in log if r["stage"] == "stage1")
+    assert max(r["val_rsum"] for r in log if r["stage"] == "stage2") < best_stage1
+    model = VSEModel.from_pretrained(output / "model")
+    assert model.config.extra["selected_stage"] == "stage1"
+    assert model.metrics["validation"]["rsum"] == pytest.approx(best_stage1)
 
 
 def test_corrections_feed_stage_one(shapes, tmp_path):
@@ -120,7 +150,7 @@ def test_corrections_feed_stage_one(shapes, tmp_path):
     model = build_model(config, sources)
     attach_images(model, sources, config, runtime)
     pairs = build_pairs(model, sources, config, runtime)
-    verified = pairs["verified_tags"]
+    verified = pairs.verified_tags
     assert len(verified) == 2
     texts = dict(zip([sources.web.table.ids[r] for r in verified.image_rows], verified.texts, strict=True))
     assert "clipart" not in texts[web_ids[0]] and "unsorted" not in texts[web_ids[0]]
@@ -155,7 +185,7 @@ def test_bad_rows_are_skipped_and_bad_sources_explained(shapes, tmp_path, caplog
     empty_web.write_text(json.dumps({"image": str(images[5]), "tags": [], "id": "x"}) + "\n")
     caplog.clear()
     assert train_main([*args, "--stage2.enabled=true", f"--data.web.path={empty_web}", "--data.web.split=train"]) == 2
-    assert "stage two needs web image-tag pairs" in caplog.text
+    assert "the web term needs web image-tag pairs" in caplog.text
 
 
 def test_push_cli_uploads_model_with_card(shapes, tmp_path, monkeypatch, capsys):

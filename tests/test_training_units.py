@@ -14,11 +14,10 @@ from training.config import TrainConfig
 from training.configuration import ConfigError, load_config
 from training.corrections import Corrections, load_corrections
 from training.curriculum import curriculum_subset, easy_to_hard, fraction_at, pair_agreement
-from training.loop import BatchStream
+from training.loop import BatchStream, learning_rate, uses_hardest_negatives
 from training.pseudo_tags import pseudo_tags
 from training.runtime import Runtime
 from training.sources import ImageResolver, SourceError, normalize_texts
-from training.stages import learning_rate, uses_hardest_negatives
 from vse.images import ImageLoadError
 
 # ------------------------------------------------------------------ configs
@@ -48,6 +47,9 @@ def test_config_file_and_overrides(tmp_path):
         ("--model.text_encoder=lstm", "text_encoder"),
         ("stage1.enabled=true", "--key=value"),
         ("--stage2.curriculum_fractions=0.5", "expected a list"),
+        ("--stage1.loss.kind=triplet", "loss kind"),
+        ("--web.unit=words", "web unit"),
+        ("--data.web_tag_noise=1.5", "web_tag_noise"),
     ],
 )
 def test_bad_overrides_are_rejected(override, message):
@@ -58,9 +60,16 @@ def test_bad_overrides_are_rejected(override, message):
 def test_ready_configs_parse():
     from pathlib import Path
 
-    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(configs.glob("*.yaml")):
         config = load_config(TrainConfig, path)
-        assert config.stage1.optim.margin == pytest.approx(0.2), path
+        assert config.stage1.loss.margin == pytest.approx(0.2), path
+    default = load_config(TrainConfig, configs / "offline_default.yaml")
+    assert default.stage1.include_web and default.web.noise_aware and default.web.unit == "tags"
+    assert default.stage1.loss.kind == "infonce" and not default.stage2.enabled
+    paper = load_config(TrainConfig, configs / "paper_two_stage.yaml")
+    assert paper.stage2.enabled and paper.stage2.curriculum and paper.web.unit == "list" and not paper.web.noise_aware
+    assert paper.stage2.optim.lr == pytest.approx(paper.stage1.optim.lr / 10) and paper.stage1.loss.kind == "hinge"
 
 
 # ------------------------------------------------------------------ pseudo tags
@@ -134,11 +143,13 @@ def test_curriculum_orders_easy_first_and_grows():
 
 
 def test_learning_rate_decay_and_warmup():
-    from training.config import OptimConfig
+    from training.config import LossConfig, OptimConfig
 
-    optim = OptimConfig(lr=1.0, lr_decay_epochs=2, lr_decay_factor=0.5, warmup_epochs=1)
+    optim = OptimConfig(lr=1.0, lr_decay_epochs=2, lr_decay_factor=0.5)
     assert [learning_rate(optim, e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
-    assert [uses_hardest_negatives(optim, e) for e in range(3)] == [False, True, True]
+    hinge = LossConfig(warmup_epochs=1)
+    assert [uses_hardest_negatives(hinge, e) for e in range(3)] == [False, True, True]
+    assert not any(uses_hardest_negatives(LossConfig(kind="infonce"), e) for e in range(3))
 
 
 @dataclass
@@ -274,3 +285,31 @@ def test_replace_tags_swaps_the_requested_share():
     assert replace_tags(lists, 0.25, seed=3) == noisy  # deterministic
     with pytest.raises(ValueError):
         replace_tags(lists, 1.5, seed=0)
+
+
+def test_tag_noise_replaces_the_requested_share_with_tags_the_image_lacks():
+    from training.pairs import corrupt_tags, noisy_tag_lists
+
+    lists = [[f"a{i}", f"b{i}", f"c{i % 7}"] for i in range(400)]
+    noisy, flags = corrupt_tags(lists, 0.3, seed=5)
+    replaced = [
+        (new, old)
+        for n, o, f in zip(noisy, lists, flags, strict=True)
+        for new, old, flag in zip(n, o, f, strict=True)
+        if flag
+    ]
+    assert len(replaced) / 1200 == pytest.approx(0.3, abs=0.04)
+    assert all(new != old for new, old in replaced)
+    pool = {tag for tags in lists for tag in tags}
+    assert all(len(set(tags)) == len(tags) and set(tags) <= pool for tags in noisy)  # no duplicates, from the pool
+    unflagged = [
+        (new, old)
+        for n, o, f in zip(noisy, lists, flags, strict=True)
+        for new, old, flag in zip(n, o, f, strict=True)
+        if not flag
+    ]
+    assert all(new == old for new, old in unflagged)
+    assert corrupt_tags(lists, 0.3, seed=5) == (noisy, flags)  # deterministic
+    assert noisy_tag_lists(lists, 0.0, "tag", 0)[0] == lists
+    whole, whole_flags = noisy_tag_lists(lists, 0.25, "list", 3)
+    assert sum(all(f) for f in whole_flags) == 100

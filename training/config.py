@@ -1,9 +1,14 @@
 """Training configuration: one dataclass per concern.
 
-Defaults follow VSE++ (Faghri et al., BMVC 2018): Adam, learning rate 2e-4,
-margin 0.2, batch 128, gradient clipping at 2, learning rate divided by 10 after
-15 epochs, hardest negatives.  Stage two of Mithun et al. (ACM MM 2018) adapts the
-stage-one model on web image-tag pairs with a smaller learning rate.
+The dataclass defaults are the paper's recipe on VSE++ (Faghri et al., BMVC
+2018): Adam, learning rate 2e-4, hinge loss with margin 0.2 on the hardest
+negative after one warm-up epoch, batch 128, gradient clipping at 2, learning
+rate divided by 10 after 15 epochs; stage two of Mithun et al. (ACM MM 2018)
+adapts the stage-one model to whole web tag lists with a ten times smaller
+learning rate and a curriculum (``configs/paper_two_stage.yaml``).  The project's
+default recipe, the one its measurements found best, is
+``configs/offline_default.yaml`` (docs/RESULTS.md): one joint stage, InfoNCE, and
+the noise-aware web term.
 """
 
 from __future__ import annotations
@@ -59,9 +64,23 @@ class DataConfig:
     decode_workers: int = 2
     # GRU vocabulary: words seen fewer times in training text become [UNK].
     min_word_frequency: int = 4
-    # Robustness experiments: share of web images whose tag list is replaced by
-    # the tag list of another, randomly chosen web image (0: the data as it is).
+    # Robustness experiments: inject noise into the web tags (0: the data as it is).
+    # "tag": each tag is replaced, with this probability, by a tag drawn from all
+    # web tag occurrences (one the image does not have); "list": this share of
+    # images get the whole tag list of another random web image.
     web_tag_noise: float = 0.0
+    web_tag_noise_kind: str = "tag"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.web_tag_noise <= 1.0:
+            raise ValueError(f"web_tag_noise must be in [0, 1], got {self.web_tag_noise}")
+        if self.web_tag_noise_kind not in NOISE_KINDS:
+            raise ValueError(f"web_tag_noise_kind must be one of {NOISE_KINDS}, got {self.web_tag_noise_kind!r}")
+
+
+NOISE_KINDS = ("tag", "list")
+LOSS_KINDS = ("hinge", "infonce")
+WEB_UNITS = ("list", "tags")
 
 
 @dataclass
@@ -70,19 +89,71 @@ class OptimConfig:
     lr: float = 2e-4
     # Number of epochs.
     epochs: int = 30
+    # Optimisation steps per epoch; 0: one pass over the stage's main pairs
+    # (caption pairs in stage one, web pairs in stage two).
+    steps_per_epoch: int = 0
     # Multiply the learning rate by lr_decay_factor every lr_decay_epochs epochs.
     lr_decay_epochs: int = 15
     lr_decay_factor: float = 0.1
-    # Pairs per batch (per process; the effective batch is the global batch).
+    # Main pairs per step (per process; the effective batch is the global batch).
     batch_size: int = 128
     # Clip the gradient norm at this value; 0 disables clipping.
     grad_clip: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 0 or self.steps_per_epoch < 0 or self.batch_size < 2:
+            raise ValueError("lr must be positive, epochs and steps_per_epoch not negative, batch_size at least 2")
+
+
+@dataclass
+class LossConfig:
+    # "hinge": the bidirectional hinge ranking loss of VSE++ and the paper;
+    # "infonce": symmetric InfoNCE with a learned temperature (CLIP).
+    kind: str = "hinge"
     # Hinge margin alpha.
     margin: float = 0.2
-    # Hardest negatives (VSE++) instead of the sum over negatives (VSE0) ...
+    # Hinge: the hardest negative (VSE++) instead of the sum over negatives (VSE0) ...
     max_violation: bool = True
     # ... after this many warm-up epochs with the sum.
     warmup_epochs: int = 1
+    # InfoNCE: initial temperature, learned unless learn_temperature is false.
+    temperature: float = 0.07
+    learn_temperature: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {self.kind!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class WebConfig:
+    """How noisy web image-tag pairs are used, in whichever stage trains on them."""
+
+    # "list": an image's whole tag list is one text (the paper); "tags": each
+    # tag is a text of its own, so one wrong tag does not spoil the others.
+    unit: str = "list"
+    # The noise-aware web term: weight every web pair by the probability that it
+    # is right (vse.suspicion, cross-fitted by training.suspicion); human verdicts
+    # from data.corrections override it. False: every pair counts fully.
+    noise_aware: bool = False
+    # Web pairs per step when they join clean pairs in a joint stage one (stage
+    # two takes its batch from stage2.optim.batch_size).
+    batch_size: int = 128
+    # Cross-fitting: web images are split into this many folds; each fold is
+    # scored by a model trained without it ...
+    suspicion_folds: int = 2
+    # ... for this many optimisation steps (short: before it fits the noise) ...
+    suspicion_steps: int = 160
+    # ... in this many rounds (each round's fold models use the previous weights).
+    suspicion_rounds: int = 2
+
+    def __post_init__(self) -> None:
+        if self.unit not in WEB_UNITS:
+            raise ValueError(f"web unit must be one of {WEB_UNITS}, got {self.unit!r}")
+        if self.suspicion_folds < 2 or self.suspicion_steps < 1 or self.suspicion_rounds < 1:
+            raise ValueError("suspicion_folds must be at least 2, suspicion_steps and suspicion_rounds at least 1")
 
 
 @dataclass
@@ -90,13 +161,14 @@ class StageOneConfig:
     # Run stage one (clean captions + tags).
     enabled: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # Weight lambda of the image-tag term.
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Weight lambda of the image-tag terms.
     tag_weight: float = 1.0
     # Add image-tag pairs with pseudo tags derived from each caption.
     pseudo_tags: bool = True
     # Add human-verified web tags (images reviewed in the app) as clean pairs.
     verified_tags: bool = True
-    # Also train on all web pairs in this stage (the one-stage joint baseline).
+    # Also train on the web pairs in this stage (joint one-stage training).
     include_web: bool = False
 
 
@@ -104,9 +176,8 @@ class StageOneConfig:
 class StageTwoConfig:
     # Run stage two (web tags), starting from the stage-one model.
     enabled: bool = True
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=2e-5, epochs=10, lr_decay_epochs=5, warmup_epochs=0)
-    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=10, lr_decay_epochs=5))
+    loss: LossConfig = field(default_factory=lambda: LossConfig(warmup_epochs=0))
     # Weight of the image-tag term.
     tag_weight: float = 1.0
     # Curriculum: web pairs ranked easy to hard by the stage-one model's
@@ -123,14 +194,17 @@ class TrainConfig:
     # The model architecture.
     model: VSEConfig = field(default_factory=VSEConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     stage1: StageOneConfig = field(default_factory=StageOneConfig)
     stage2: StageTwoConfig = field(default_factory=StageTwoConfig)
     # Start from this saved model (folder or Hub id) instead of a new one.
     init_from: str | None = None
     # Run folder: checkpoints, logs, the final model in <output_dir>/model.
     output_dir: str = "runs/default"
-    # Resume from <output_dir>/checkpoint when it exists.
+    # Resume from <output_dir>/checkpoint when it exists (the config must be the
+    # checkpoint's, runtime keys aside); false starts the run afresh.
     resume: bool = True
+    # Seeds initialisation, batch order, noise injection and cross-fitting folds.
     seed: int = 0
     # Batch size for feature extraction and evaluation.
     eval_batch_size: int = 128
@@ -140,3 +214,21 @@ class TrainConfig:
     tensorboard: bool = True
     # Show progress bars.
     progress: bool = True
+    # Stop after this many epochs of the whole run (both stages), as if
+    # interrupted; 0: run to the end. A later run with resume picks it up.
+    stop_after_epochs: int = 0
+
+
+# Keys that may differ between a checkpoint and the run resuming it: they change
+# how a run is executed or shown, not what it computes.
+RUNTIME_KEYS = frozenset(
+    {
+        "resume",
+        "progress",
+        "tensorboard",
+        "stop_after_epochs",
+        "eval_batch_size",
+        "data.cache_dir",
+        "data.decode_workers",
+    }
+)

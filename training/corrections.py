@@ -67,6 +67,10 @@ class Corrections:
     def reviewed(self, image_id: str) -> bool:
         return image_id in self.by_image
 
+    def verdict(self, image_id: str, tag: str) -> str | None:
+        """The majority verdict on one tag of one image, or None when nobody judged it."""
+        return self.by_image.get(image_id, {}).get(normalize_tag(tag))
+
     def apply(self, image_id: str, tags: list[str]) -> list[str]:
         """The tag list after the verdicts: wrong tags removed, added tags appended."""
         verdicts = self.by_image.get(image_id)

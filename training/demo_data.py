@@ -21,9 +21,10 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -68,11 +69,11 @@ def split_items(items: Iterable[ClipartItem], test_size: int, validation_size: i
     return Splits(train, validation, test, web)
 
 
-def _rows(items: list[ClipartItem], text_column: str) -> dict[str, list]:
+def _rows(items: list, text_column: str, image_bytes: Callable[[Any], bytes]) -> dict[str, list]:
     rows: dict[str, list] = {"id": [], "image": [], text_column: [], "title": [], "category": []}
     for item in items:
         rows["id"].append(item.id)
-        rows["image"].append({"bytes": rendered_png(item.png), "path": Path(item.id).name + ".png"})
+        rows["image"].append({"bytes": image_bytes(item), "path": Path(item.id).name + ".png"})
         rows[text_column].append(item.captions if text_column == "captions" else item.tags)
         rows["title"].append(item.title)
         rows["category"].append(item.category)
@@ -128,8 +129,15 @@ def splits_digest(splits: Splits) -> str:
     return digest.hexdigest()
 
 
-def write_datasets(splits: Splits, out: Path) -> dict[str, Path]:
+def clipart_png(item: ClipartItem) -> bytes:
+    return rendered_png(item.png)
+
+
+def write_datasets(splits: Splits, out: Path, image_bytes: Callable[[Any], bytes] = clipart_png) -> dict[str, Path]:
     """Save the caption splits and the web tag set; returns their folders.
+
+    Items are ``ClipartItem`` or any object with the same text fields and a
+    ``sha256``; ``image_bytes(item)`` gives the stored picture.
 
     When ``out`` already holds exactly these splits (same manifest digest), nothing
     is rewritten, so dataset fingerprints and feature caches stay valid.
@@ -149,12 +157,14 @@ def write_datasets(splits: Splits, out: Path) -> dict[str, Path]:
 
     captions = datasets.DatasetDict(
         {
-            name: datasets.Dataset.from_dict(_rows(getattr(splits, name), "captions"), features=_features("captions"))
+            name: datasets.Dataset.from_dict(
+                _rows(getattr(splits, name), "captions", image_bytes), features=_features("captions")
+            )
             for name in ("train", "validation", "test")
         }
     )
     web = datasets.DatasetDict(
-        {"train": datasets.Dataset.from_dict(_rows(splits.web, "tags"), features=_features("tags"))}
+        {"train": datasets.Dataset.from_dict(_rows(splits.web, "tags", image_bytes), features=_features("tags"))}
     )
     captions.save_to_disk(str(paths["captions"]))
     web.save_to_disk(str(paths["web"]))

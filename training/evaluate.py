@@ -20,7 +20,7 @@ import numpy as np
 from training.config import DataConfig, SourceConfig
 from training.features import image_store, text_store
 from training.loop import embed_eval_set
-from training.pairs import EvalSet, ImageInputs, eval_set
+from training.pairs import EvalSet, ImageInputs, TextInputs, eval_set
 from training.pipeline import open_source
 from training.runtime import Runtime
 from training.sources import SourceError
@@ -73,7 +73,7 @@ def evaluate_model(model: VSEModel, source: SourceConfig, data_cfg: DataConfig, 
     data = eval_set(prepared, source.split)
     store = text_store(model, data.texts, data_cfg, runtime, progress=True, batch_size=batch_size, name=source.split)
     if store is not None:
-        data.text_store, data.text_rows = store, np.arange(len(data.texts))
+        data.text_inputs = TextInputs(data.texts, store, np.arange(len(data.texts)))
     if len(data.image_rows) == 0:
         raise SourceError(f"no usable images with captions in {source.path} ({prepared.skips.as_dict()})")
     image_emb, text_emb = embed_eval_set(model, data, batch_size)

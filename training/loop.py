@@ -1,44 +1,55 @@
-"""One training epoch and one evaluation, independent of which stage runs them.
+"""The training machinery every stage shares: batches, steps, epochs, evaluation, selection.
 
-A step draws a batch from each active term (captions, pseudo tags, verified
-tags, web tags, replayed captions), embeds all their images in one forward pass
-and all their texts in another (one DDP forward per step), gathers embeddings
-across processes, and minimises the weighted hinge ranking loss.
+What a stage trains on is defined in ``training.stages``; this module runs it.  A
+step draws a batch from each of the stage's terms (captions, pseudo tags,
+verified tags, web tags, replayed captions), embeds all their images in one
+forward pass and all their texts in another (one DDP forward per step), gathers
+embeddings across processes, and minimises the weighted ranking loss.  An epoch
+is a number of steps; after each epoch the model is evaluated on validation and
+the best one of the whole run (every stage) is kept (``RunSelection``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.config import OptimConfig
+from training.checkpoint import MetricsLog, restore_checkpoint, save_checkpoint
+from training.config import LossConfig, OptimConfig
 from training.pairs import EvalSet, PairSet
 from training.runtime import Runtime, gather_with_grad
 from vse.losses import LossTerm, combined_ranking_loss
 from vse.metrics import retrieval_metrics
 from vse.model import VSEModel
 
+log = logging.getLogger(__name__)
+BEST_DIR = "best"
+
 
 class EmbeddingStep(nn.Module):
-    """The trainable forward pass: image inputs and text inputs to normalised embeddings."""
+    """The trainable forward pass: inputs to normalised embeddings, plus the loss's temperature.
 
-    def __init__(self, model: VSEModel):
+    The InfoNCE temperature (``logit_scale`` = log of its inverse) lives here, beside
+    the model, so that DDP sees it used in the forward pass and averages its gradient.
+    """
+
+    def __init__(self, model: VSEModel, loss: LossConfig):
         super().__init__()
         self.model = model
+        learned = loss.kind == "infonce" and loss.learn_temperature
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / loss.temperature)), requires_grad=learned)
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.model
-        image_emb = model.embed_image_features(images) if images.ndim == 2 else model.embed_pixels(images)
-        if isinstance(texts, torch.Tensor):
-            text_emb = model.embed_text_features(texts)
-        else:
-            text_emb = model.embed_tokens(model.tokenize(texts))
-        return image_emb, text_emb
+    def forward(self, images, texts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.embed_images(images), self.model.embed_texts(texts), self.logit_scale * 1.0
 
 
 class BatchStream:
@@ -80,11 +91,15 @@ class Term:
     weight: float = 1.0
 
 
-def _concat_texts(parts: list[torch.Tensor | list[str]]) -> torch.Tensor | list[str]:
-    if all(isinstance(p, torch.Tensor) for p in parts):
+def batch_stream(pairs: PairSet, batch_size: int, seed: list[int], runtime: Runtime, indices=None) -> BatchStream:
+    """A stream over ``indices`` of ``pairs`` (all of them by default), seeded by a list of ints."""
+    chosen = np.arange(len(pairs)) if indices is None else indices
+    return BatchStream(chosen, batch_size, int(np.random.SeedSequence(seed).generate_state(1)[0]), runtime)
+
+
+def _concat_texts(parts: list) -> torch.Tensor | list[str]:
+    if all(isinstance(part, torch.Tensor) for part in parts):
         return torch.cat(parts)
-    if any(isinstance(p, torch.Tensor) for p in parts):
-        raise TypeError("cannot mix cached text features and raw texts in one step")
     return [text for part in parts for text in part]
 
 
@@ -93,46 +108,54 @@ def train_steps(
     optimizer: torch.optim.Optimizer,
     terms: list[Term],
     num_steps: int,
-    optim: OptimConfig,
-    max_violation: bool,
+    loss: LossConfig,
+    hardest: bool,
+    grad_clip: float,
     runtime: Runtime,
     *,
     progress: bool = True,
     desc: str = "train",
 ) -> dict[str, float]:
-    """Run ``num_steps`` optimisation steps; returns mean loss and timing."""
+    """Run ``num_steps`` optimisation steps with the given loss; returns mean loss and timing."""
     step.train()
     device = runtime.device
     losses, data_seconds, start = [], 0.0, time.perf_counter()
     for _ in tqdm(range(num_steps), desc=desc, disable=not progress or not runtime.is_main, leave=False):
         tick = time.perf_counter()
         picks = [term.stream.next() for term in terms]
-        images = torch.cat([term.pairs.image_inputs(idx) for term, idx in zip(terms, picks, strict=True)]).to(device)
-        texts = _concat_texts([term.pairs.text_inputs(idx) for term, idx in zip(terms, picks, strict=True)])
+        images = torch.cat([term.pairs.image_batch(idx) for term, idx in zip(terms, picks, strict=True)]).to(device)
+        texts = _concat_texts([term.pairs.text_batch(idx) for term, idx in zip(terms, picks, strict=True)])
         if isinstance(texts, torch.Tensor):
             texts = texts.to(device)
         data_seconds += time.perf_counter() - tick
-        image_emb, text_emb = step(images, texts)
+        image_emb, text_emb, logit_scale = step(images, texts)
         loss_terms, offset = [], 0
         for term, idx in zip(terms, picks, strict=True):
             size = len(idx)
-            ids = torch.as_tensor(term.pairs.image_rows[idx], device=device)
+
+            def gathered(tensor: torch.Tensor) -> torch.Tensor:
+                return gather_with_grad(tensor, runtime.world_size, runtime.rank)
+
+            weights = term.pairs.weight_batch(idx)
             loss_terms.append(
                 LossTerm(
-                    gather_with_grad(image_emb[offset : offset + size], runtime.world_size, runtime.rank),
-                    gather_with_grad(text_emb[offset : offset + size], runtime.world_size, runtime.rank),
+                    gathered(image_emb[offset : offset + size]),
+                    gathered(text_emb[offset : offset + size]),
                     term.weight,
-                    gather_with_grad(ids, runtime.world_size, runtime.rank),
+                    gathered(torch.as_tensor(term.pairs.image_rows[idx], device=device)),
+                    None if weights is None else gathered(weights.to(device)),
                 )
             )
             offset += size
-        loss = combined_ranking_loss(loss_terms, margin=optim.margin, max_violation=max_violation)
+        value = combined_ranking_loss(
+            loss_terms, kind=loss.kind, margin=loss.margin, max_violation=hardest, logit_scale=logit_scale
+        )
         optimizer.zero_grad(set_to_none=True)
-        runtime.backward(loss * runtime.world_size)  # DDP averages; undo it to get the global loss gradient
-        if optim.grad_clip > 0:
-            runtime.clip_grad_norm([p for p in step.parameters() if p.requires_grad], optim.grad_clip)
+        runtime.backward(value * runtime.world_size)  # DDP averages; undo it to get the global loss gradient
+        if grad_clip > 0:
+            runtime.clip_grad_norm([p for p in step.parameters() if p.requires_grad], grad_clip)
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(value.detach()))
     seconds = time.perf_counter() - start
     return {
         "loss": runtime.mean(float(np.mean(losses))) if losses else float("nan"),
@@ -147,23 +170,20 @@ def embed_eval_set(model: VSEModel, data: EvalSet, batch_size: int) -> tuple[tor
     was_training = model.training
     model.eval()
     try:
-        image_chunks = [
-            model.encode_image(data.images(data.image_rows[start : start + batch_size]), batch_size=batch_size)
-            for start in range(0, len(data.image_rows), batch_size)
-        ]
-        if data.text_store is not None:
-            with torch.inference_mode():
-                text_emb = torch.cat(
-                    [
-                        model.embed_text_features(
-                            torch.from_numpy(data.text_store.gather(data.text_rows[s : s + batch_size]))
-                        ).cpu()
-                        for s in range(0, len(data.texts), batch_size)
-                    ]
-                )
-        else:
-            text_emb = model.encode_text(data.texts, batch_size=batch_size)
-        return torch.cat(image_chunks), text_emb
+        image_emb = torch.cat(
+            [
+                model.encode_image(data.images(data.image_rows[start : start + batch_size]), batch_size=batch_size)
+                for start in range(0, len(data.image_rows), batch_size)
+            ]
+        )
+        index = np.arange(len(data.texts))
+        text_emb = torch.cat(
+            [
+                model.encode_text(data.text_inputs(index[start : start + batch_size]), batch_size=batch_size)
+                for start in range(0, len(index), batch_size)
+            ]
+        )
+        return image_emb, text_emb
     finally:
         model.train(was_training)
 
@@ -174,3 +194,140 @@ def evaluate(model: VSEModel, data: EvalSet, batch_size: int = 256) -> dict[str,
         raise ValueError(f"the {data.name} split has no usable images with captions")
     image_emb, text_emb = embed_eval_set(model, data, batch_size)
     return retrieval_metrics(image_emb, text_emb, text_image_index=data.owners)
+
+
+def learning_rate(optim: OptimConfig, epoch: int) -> float:
+    """Step decay as VSE++: lr * factor ** (epoch // decay_epochs)."""
+    return optim.lr * optim.lr_decay_factor ** (epoch // max(1, optim.lr_decay_epochs))
+
+
+def uses_hardest_negatives(loss: LossConfig, epoch: int) -> bool:
+    return loss.kind == "hinge" and loss.max_violation and epoch >= loss.warmup_epochs
+
+
+@dataclass
+class StagePlan:
+    """What a stage is, for the runner: its settings and the terms of each epoch.
+
+    An epoch is ``optim.steps_per_epoch`` steps, or one pass over the pairs of its
+    first (main) term when that is 0.
+    """
+
+    name: str
+    optim: OptimConfig
+    loss: LossConfig
+    terms: Callable[[int], list[Term]]  # epoch -> the terms of that epoch, main term first
+
+    def steps(self, terms: list[Term]) -> int:
+        return self.optim.steps_per_epoch or max(1, terms[0].stream.batches_per_pass())
+
+
+@dataclass
+class RunSelection:
+    """The best validation rsum over the whole run (every stage) and where that model is saved.
+
+    A later stage that never beats an earlier one leaves the earlier model selected.
+    """
+
+    folder: Path
+    best_rsum: float = -math.inf
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_stage: str | None = None
+
+    def offer(self, model: VSEModel, metrics: dict[str, float] | None, stage: str, runtime: Runtime) -> bool:
+        """Keep ``model`` when it beats the best so far (or when there is no validation split)."""
+        better = metrics is None or metrics["rsum"] > self.best_rsum
+        if better:
+            if metrics is not None:
+                self.best_rsum, self.best_metrics = metrics["rsum"], metrics
+            self.best_stage = stage
+            if runtime.is_main:
+                model.save_pretrained(self.folder)
+            runtime.wait()
+        return better
+
+    def state(self) -> dict:
+        return {"best_rsum": self.best_rsum, "best_metrics": self.best_metrics, "best_stage": self.best_stage}
+
+    def restore(self, state: dict) -> None:
+        self.best_rsum = state.get("best_rsum", -math.inf)
+        self.best_metrics = state.get("best_metrics", {})
+        self.best_stage = state.get("best_stage")
+
+
+@dataclass
+class StageContext:
+    """What every stage needs besides its plan."""
+
+    model: VSEModel
+    runtime: Runtime
+    output_dir: Path
+    validation: EvalSet | None
+    metrics_log: MetricsLog
+    selection: RunSelection
+    eval_batch_size: int
+    eval_every: int
+    progress: bool
+    run_state: dict  # identity of the run, written into every checkpoint (config, cache keys)
+    stop_after_epochs: int = 0  # stop (as if interrupted) once the run has done this many epochs; 0: never
+    epochs_done: int = 0  # epochs of the whole run done so far, every stage counted
+
+
+class Interrupted(Exception):
+    """The run stopped after ``stop_after_epochs`` epochs; its checkpoint resumes it."""
+
+
+def run_stage(plan: StagePlan, ctx: StageContext, resume: dict | None = None) -> dict[str, float]:
+    """Train one stage epoch by epoch; returns the best validation metrics of the run so far."""
+    model, runtime = ctx.model, ctx.runtime
+    step_module = EmbeddingStep(model, plan.loss)
+    optimizer = torch.optim.Adam([p for p in step_module.parameters() if p.requires_grad], lr=plan.optim.lr)
+    step, optimizer = runtime.prepare(step_module, optimizer)
+    start_epoch = 0
+    if resume and resume.get("stage") == plan.name:
+        restore_checkpoint(ctx.output_dir, model, optimizer)
+        step_module.logit_scale.data.fill_(resume.get("logit_scale", step_module.logit_scale.item()))
+        start_epoch = resume["epoch"]
+        log.info("%s: resuming after epoch %d (best rsum %.2f)", plan.name, start_epoch, ctx.selection.best_rsum)
+    for epoch in range(start_epoch, plan.optim.epochs):
+        if ctx.stop_after_epochs and ctx.epochs_done >= ctx.stop_after_epochs:
+            raise Interrupted(f"stopped after {ctx.epochs_done} epochs ({plan.name} epoch {epoch}) as asked")
+        lr = learning_rate(plan.optim, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        hardest = uses_hardest_negatives(plan.loss, epoch)
+        terms = plan.terms(epoch)
+        tick = time.perf_counter()
+        stats = train_steps(
+            step, optimizer, terms, plan.steps(terms), plan.loss, hardest, plan.optim.grad_clip, runtime,
+            progress=ctx.progress, desc=f"{plan.name} epoch {epoch + 1}/{plan.optim.epochs}",
+        )  # fmt: skip
+        record = {"stage": plan.name, "epoch": epoch + 1, "lr": lr, "max_violation": hardest, **stats}
+        record["pairs"] = {term.pairs.name: len(term.stream.indices) for term in terms}
+        if plan.loss.kind == "infonce":
+            record["temperature"] = float(1.0 / step_module.logit_scale.detach().exp().clamp(max=100.0))
+        last = epoch + 1 == plan.optim.epochs
+        if ctx.validation is not None and ((epoch + 1) % ctx.eval_every == 0 or last):
+            metrics = evaluate(model, ctx.validation, ctx.eval_batch_size)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            record["selected"] = ctx.selection.offer(model, metrics, plan.name, runtime)
+        elif ctx.validation is None and last:
+            ctx.selection.offer(model, None, plan.name, runtime)
+        record["epoch_seconds"] = time.perf_counter() - tick
+        ctx.metrics_log.write(record)
+        log.info(
+            "%s epoch %d: loss %.4f, val rsum %s, %.1fs", plan.name, epoch + 1, stats["loss"],
+            f"{record['val_rsum']:.2f}" if "val_rsum" in record else "-", record["epoch_seconds"],
+        )  # fmt: skip
+        if runtime.is_main:
+            state = {
+                **ctx.run_state,
+                "stage": plan.name,
+                "epoch": epoch + 1,
+                "logit_scale": float(step_module.logit_scale.item()),
+                **ctx.selection.state(),
+            }
+            save_checkpoint(ctx.output_dir, model, optimizer, state)
+        runtime.wait()
+        ctx.epochs_done += 1
+    return ctx.selection.best_metrics

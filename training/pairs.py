@@ -6,7 +6,8 @@ from: cached backbone features (frozen backbone) or pixels decoded per batch
 
 Stage one uses caption pairs, pseudo-tag pairs (one tag list per caption,
 ``training.pseudo_tags``) and verified web-tag pairs (web images a human
-reviewed); stage two uses the (corrected) web-tag pairs.
+reviewed); the web term (``training.stages``) uses the corrected web-tag pairs,
+one per image (its tag list) or one per tag.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from training.pseudo_tags import pseudo_tags
 from training.sources import ImageResolver, SkipCounts, TextTable
 from vse.images import ImageLoadError
 from vse.model import VSEModel
-from vse.text import tags_to_text
+from vse.text import normalize_tag, tags_to_text
 
 log = logging.getLogger(__name__)
 
@@ -105,26 +106,57 @@ class PreparedSource:
 
 
 @dataclass
+class TextInputs:
+    """Text inputs of a pair set or split: cached text-backbone features, or the strings.
+
+    Which one is decided once, when a run attaches its text caches
+    (``training.pipeline.attach_texts``); ``VSEModel.embed_texts`` takes either.
+    """
+
+    texts: list[str]
+    store: FeatureStore | None = None
+    rows: np.ndarray | None = None  # (T,) row of each text in ``store``
+
+    def __call__(self, index: np.ndarray) -> torch.Tensor | list[str]:
+        if self.store is not None:
+            return torch.from_numpy(self.store.gather(self.rows[index]))
+        return [self.texts[i] for i in index.tolist()]
+
+
+@dataclass
 class PairSet:
-    """(image row, text) pairs with their input sources."""
+    """(image row, text) pairs with their input sources and per-pair weights.
+
+    ``weights`` scale each pair's loss (the noise-aware web term sets them);
+    ``fixed`` marks pairs a human confirmed, whose weight stays 1; ``injected``
+    marks pairs whose tag was replaced by injected noise (known only in robustness
+    experiments, for diagnostics).
+    """
 
     name: str
     images: ImageInputs
     image_rows: np.ndarray  # (P,) rows of the image source
     texts: list[str]  # (P,)
-    text_store: FeatureStore | None = None
-    text_rows: np.ndarray | None = None  # (P,) rows of text_store
+    weights: np.ndarray | None = None  # (P,) float in [0, 1]; None: all 1
+    fixed: np.ndarray | None = None  # (P,) bool
+    injected: np.ndarray | None = None  # (P,) bool
+    text_inputs: TextInputs | None = None
+
+    def __post_init__(self) -> None:
+        if self.text_inputs is None:
+            self.text_inputs = TextInputs(self.texts)
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def image_inputs(self, index: np.ndarray) -> torch.Tensor:
+    def image_batch(self, index: np.ndarray) -> torch.Tensor:
         return self.images(self.image_rows[index])
 
-    def text_inputs(self, index: np.ndarray) -> torch.Tensor | list[str]:
-        if self.text_store is not None:
-            return torch.from_numpy(self.text_store.gather(self.text_rows[index]))
-        return [self.texts[i] for i in index.tolist()]
+    def text_batch(self, index: np.ndarray) -> torch.Tensor | list[str]:
+        return self.text_inputs(index)
+
+    def weight_batch(self, index: np.ndarray) -> torch.Tensor | None:
+        return None if self.weights is None else torch.from_numpy(self.weights[index].astype(np.float32))
 
     def unique_texts(self) -> tuple[list[str], np.ndarray]:
         """Distinct texts and, per pair, its index among them (for a text feature cache)."""
@@ -142,9 +174,12 @@ class EvalSet:
     image_rows: np.ndarray  # (N,)
     texts: list[str]  # (T,)
     owners: np.ndarray  # (T,)
-    text_store: FeatureStore | None = None
-    text_rows: np.ndarray | None = None
     skips: dict[str, int] = field(default_factory=dict)
+    text_inputs: TextInputs | None = None
+
+    def __post_init__(self) -> None:
+        if self.text_inputs is None:
+            self.text_inputs = TextInputs(self.texts)
 
 
 def caption_pairs(source: PreparedSource, name: str = "captions") -> PairSet:
@@ -182,30 +217,113 @@ def replace_tags(tag_lists: list[list[str]], fraction: float, seed: int) -> list
     return out
 
 
-def web_tag_pairs(
-    source: PreparedSource, corrections: Corrections, *, reviewed_only: bool = False, noise: float = 0.0, seed: int = 0
-) -> PairSet:
-    """Web images with their corrected tag lists (``reviewed_only``: the verified ones).
+def corrupt_tags(tag_lists: list[list[str]], probability: float, seed: int) -> tuple[list[list[str]], list[list[bool]]]:
+    """Each tag replaced with ``probability`` by a random tag occurrence the image does not have.
 
-    ``noise`` > 0 replaces that share of tag lists by other images' lists
-    (robustness experiments; never applied to human-verified images).
+    Replacements are drawn from all tag occurrences, so frequent tags are drawn
+    more often, as wrong web tags are.  Returns the lists and, per tag, whether it
+    was replaced.
     """
-    tag_lists = source.table.texts if reviewed_only or noise == 0 else replace_tags(source.table.texts, noise, seed)
-    rows, texts, emptied = [], [], 0
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"web_tag_noise must be in [0, 1], got {probability}")
+    rng = np.random.default_rng(seed)
+    pool = [tag for tags in tag_lists for tag in tags]
+    lists, flags = [], []
+    for tags in tag_lists:
+        present = {normalize_tag(tag) for tag in tags}
+        new_tags, new_flags = [], []
+        for tag in tags:
+            if pool and rng.random() < probability:
+                for _ in range(32):
+                    candidate = pool[int(rng.integers(len(pool)))]
+                    if normalize_tag(candidate) not in present:
+                        break
+                else:
+                    candidate = tag
+                present.add(normalize_tag(candidate))
+                new_tags.append(candidate)
+                new_flags.append(candidate != tag)
+            else:
+                new_tags.append(tag)
+                new_flags.append(False)
+        lists.append(new_tags)
+        flags.append(new_flags)
+    return lists, flags
+
+
+def noisy_tag_lists(
+    tag_lists: list[list[str]], noise: float, kind: str, seed: int
+) -> tuple[list[list[str]], list[list[bool]]]:
+    """The web tag lists with injected noise (``data.web_tag_noise``) and per-tag replaced flags."""
+    if noise == 0:
+        return tag_lists, [[False] * len(tags) for tags in tag_lists]
+    if kind == "list":
+        replaced = replace_tags(tag_lists, noise, seed)
+        return replaced, [[new is not old] * len(new) for new, old in zip(replaced, tag_lists, strict=True)]
+    return corrupt_tags(tag_lists, noise, seed)
+
+
+def corrected_tags(
+    image_id: str, tags: list[str], flags: list[bool], corrections: Corrections
+) -> list[tuple[str, bool, str | None]]:
+    """(tag, injected, verdict) of an image's tags after the human verdicts: wrong ones removed, added ones appended."""
+    out, seen = [], set()
+    for tag, flag in zip(tags, flags, strict=True):
+        key, verdict = normalize_tag(tag), corrections.verdict(image_id, tag)
+        if key and key not in seen and verdict != "wrong":
+            seen.add(key)
+            out.append((tag, flag, verdict))
+    for tag in corrections.apply(image_id, []):  # the tags reviewers added
+        if normalize_tag(tag) not in seen:
+            seen.add(normalize_tag(tag))
+            out.append((tag, False, "added"))
+    return out
+
+
+def web_tag_pairs(
+    source: PreparedSource,
+    corrections: Corrections,
+    *,
+    unit: str = "list",
+    reviewed_only: bool = False,
+    noise: float = 0.0,
+    noise_kind: str = "tag",
+    seed: int = 0,
+) -> PairSet:
+    """Web images with their corrected tags: one pair per image (``unit="list"``) or per tag (``"tags"``).
+
+    ``reviewed_only`` keeps the images a human reviewed (stage one's verified
+    tags, always whole lists).  ``noise`` > 0 injects tag noise first
+    (robustness experiments); the verdicts apply on top of it.
+    """
+    tag_lists, flags = noisy_tag_lists(source.table.texts, noise, noise_kind, seed)
+    rows, texts, fixed, injected, emptied = [], [], [], [], 0
     for row in source.usable_rows().tolist():
         image_id = source.table.ids[row]
-        if reviewed_only and not corrections.reviewed(image_id):
+        reviewed = corrections.reviewed(image_id)
+        if reviewed_only and not reviewed:
             continue
-        text = tags_to_text(corrections.apply(image_id, tag_lists[row]))
-        if text:
-            rows.append(row)
-            texts.append(text)
-        else:
+        tags = corrected_tags(image_id, tag_lists[row], flags[row], corrections)
+        if not tags:
             emptied += 1
+            continue
+        if unit == "list" or reviewed_only:
+            entries = [(tags_to_text([tag for tag, _, _ in tags]), reviewed, any(f for _, f, _ in tags))]
+        else:
+            entries = [(tags_to_text([tag]), verdict in ("right", "added"), flag) for tag, flag, verdict in tags]
+        for text, is_fixed, is_injected in entries:
+            if text:
+                rows.append(row)
+                texts.append(text)
+                fixed.append(is_fixed)
+                injected.append(is_injected)
     if emptied:
         source.skips.add("no tags left after corrections", emptied)
     name = "verified_tags" if reviewed_only else "web_tags"
-    return PairSet(name, source.images, np.asarray(rows, dtype=np.int64), texts)
+    return PairSet(
+        name, source.images, np.asarray(rows, dtype=np.int64), texts,
+        fixed=np.asarray(fixed, dtype=bool), injected=np.asarray(injected, dtype=bool),
+    )  # fmt: skip
 
 
 def eval_set(source: PreparedSource, name: str) -> EvalSet:

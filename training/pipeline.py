@@ -18,7 +18,7 @@ import numpy as np
 from training.config import SourceConfig, TrainConfig
 from training.corrections import Corrections, load_corrections
 from training.features import image_store, text_store
-from training.pairs import EvalSet, ImageInputs, PairSet, PixelSource, PreparedSource
+from training.pairs import EvalSet, ImageInputs, PairSet, PixelSource, PreparedSource, TextInputs
 from training.runtime import Runtime
 from training.sources import SkipCounts, load_source, read_text_table, source_fingerprint
 from vse.model import VSEModel
@@ -148,5 +148,4 @@ def attach_texts(model: VSEModel, target: PairSet | EvalSet, config: TrainConfig
         name=target.name,
     )
     if store is not None:
-        target.text_store = store
-        target.text_rows = rows if rows is not None else np.arange(len(texts))
+        target.text_inputs = TextInputs(target.texts, store, rows if rows is not None else np.arange(len(texts)))

@@ -2,12 +2,11 @@
 
     python -m training.train --config configs/offline_default.yaml [--key=value ...]
 
-Stage one (Mithun et al., ACM MM 2018): clean image-caption pairs plus image-tag
-pairs (pseudo tags from the captions and human-verified web tags), loss =
-hinge(image, sentence) + lambda * hinge(image, tags).  Stage two: starting from
-stage one, noisy web image-tag pairs with a smaller learning rate and a
-curriculum from easy to hard pairs.  The final model, with its validation and
-test metrics, is saved to ``<output_dir>/model``.
+What the stages and the web term are is defined in ``training.stages``; this
+module prepares the data, runs the stages and saves the model with the best
+validation rsum of the whole run, with its validation and test metrics, to
+``<output_dir>/model``.  A run resumes from ``<output_dir>/checkpoint`` when its
+config is the checkpoint's; ``--resume=false`` clears the folder's earlier state.
 
 Multi-process: ``accelerate launch -m training.train ...`` or
 ``torchrun --nproc_per_node N -m training.train ...``.
@@ -20,128 +19,171 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.checkpoint import MetricsLog, read_checkpoint_state
-from training.config import TrainConfig
+from training.cache import cache_key, texts_digest
+from training.checkpoint import CHECKPOINT_DIR, MetricsLog, read_checkpoint_state
+from training.config import RUNTIME_KEYS, TrainConfig
 from training.configuration import ConfigError, load_config
-from training.curriculum import curriculum_subset, easy_to_hard, pair_agreement
-from training.loop import BatchStream, Term, evaluate
+from training.curriculum import easy_to_hard, pair_agreement
+from training.loop import BEST_DIR, Interrupted, RunSelection, StageContext, evaluate, run_stage
 from training.pairs import PairSet, caption_pairs, eval_set, pseudo_tag_pairs, web_tag_pairs
 from training.pipeline import Sources, attach_images, attach_texts, build_model, read_sources, timed
 from training.runtime import Runtime
 from training.sources import SourceError
-from training.stages import StageContext, StagePlan, run_stage
+from training.stages import TrainingPairs, stage_one, stage_two, uses_web
+from training.suspicion import noise_aware_weights
 from vse.model import VSEModel
 
 log = logging.getLogger("training")
-STAGE_SEEDS = {"stage1": 1, "stage2": 2}
+RUN_FILES = (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old", BEST_DIR, "model", "stage1", "stage2",
+             "metrics.jsonl", "tensorboard", "replicas.json", "curriculum_order.npy")  # fmt: skip
 
 
-def stream(
-    pairs: PairSet, indices: np.ndarray | None, batch_size: int, seed: list[int], runtime: Runtime
-) -> BatchStream:
-    chosen = np.arange(len(pairs)) if indices is None else indices
-    return BatchStream(chosen, batch_size, int(np.random.SeedSequence(seed).generate_state(1)[0]), runtime)
+class ResumeError(ValueError):
+    """A checkpoint cannot be resumed with this config; the message says what differs."""
 
 
-def side_batch(main_pairs: int, side_pairs: int, batch_size: int) -> int:
-    """Batch size of a secondary term, proportional to its share of the data (2..batch)."""
-    return int(min(batch_size, max(2, round(batch_size * side_pairs / max(main_pairs, 1)))))
-
-
-def steps_for(term: Term) -> int:
-    return max(1, term.stream.batches_per_pass())
-
-
-def stage_one_plan(config: TrainConfig, pairs: dict[str, PairSet], runtime: Runtime) -> StagePlan:
-    cfg, batch = config.stage1, config.stage1.optim.batch_size
-
-    def terms(epoch: int) -> tuple[list[Term], int]:
-        seed = [config.seed, STAGE_SEEDS["stage1"], epoch]
-        main = Term(pairs["captions"], stream(pairs["captions"], None, batch, seed + [0], runtime))
-        chosen = [main]
-        side_terms = (
-            ("pseudo_tags", "verified_tags", "web_tags") if cfg.include_web else ("pseudo_tags", "verified_tags")
-        )
-        for index, name in enumerate(side_terms, start=1):
-            if name in pairs and len(pairs[name]) >= 2:
-                size = batch if name == "pseudo_tags" else side_batch(len(main.pairs), len(pairs[name]), batch)
-                chosen.append(
-                    Term(pairs[name], stream(pairs[name], None, size, seed + [index], runtime), cfg.tag_weight)
-                )
-        return chosen, steps_for(main)
-
-    return StagePlan("stage1", cfg.optim, terms)
-
-
-def stage_two_plan(config: TrainConfig, pairs: dict[str, PairSet], order: np.ndarray, runtime: Runtime) -> StagePlan:
-    cfg, batch = config.stage2, config.stage2.optim.batch_size
-
-    def terms(epoch: int) -> tuple[list[Term], int]:
-        seed = [config.seed, STAGE_SEEDS["stage2"], epoch]
-        subset = curriculum_subset(order, epoch, cfg.curriculum_fractions) if cfg.curriculum else None
-        web = Term(pairs["web_tags"], stream(pairs["web_tags"], subset, batch, seed + [0], runtime), cfg.tag_weight)
-        chosen = [web]
-        if cfg.replay_clean > 0 and "captions" in pairs:
-            size = int(min(batch, max(2, round(batch * cfg.replay_clean))))
-            chosen.append(Term(pairs["captions"], stream(pairs["captions"], None, size, seed + [1], runtime)))
-        return chosen, steps_for(web)
-
-    return StagePlan("stage2", cfg.optim, terms)
-
-
-def build_pairs(model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime) -> dict[str, PairSet]:
-    pairs: dict[str, PairSet] = {}
+def build_pairs(model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime) -> TrainingPairs:
+    """Every pair set of the run, with cached text features attached."""
+    pairs = TrainingPairs()
     if sources.captions is not None:
-        pairs["captions"] = caption_pairs(sources.captions)
+        pairs.captions = caption_pairs(sources.captions)
         if config.stage1.pseudo_tags:
-            pairs["pseudo_tags"] = pseudo_tag_pairs(sources.captions)
+            pairs.pseudo_tags = pseudo_tag_pairs(sources.captions)
     if sources.web is not None:
-        pairs["web_tags"] = web_tag_pairs(
-            sources.web, sources.corrections, noise=config.data.web_tag_noise, seed=config.seed
-        )
+        data = config.data
+        pairs.web = web_tag_pairs(
+            sources.web, sources.corrections, unit=config.web.unit, noise=data.web_tag_noise,
+            noise_kind=data.web_tag_noise_kind, seed=config.seed,
+        )  # fmt: skip
         if config.stage1.verified_tags and len(sources.corrections):
-            pairs["verified_tags"] = web_tag_pairs(sources.web, sources.corrections, reviewed_only=True)
-    for name, pair_set in pairs.items():
+            pairs.verified_tags = web_tag_pairs(sources.web, sources.corrections, reviewed_only=True)
+    for name, pair_set in pairs.named().items():
         log.info("pairs %s: %d", name, len(pair_set))
         if len(pair_set):
             attach_texts(model, pair_set, config, runtime)
     return pairs
 
 
-def check_data(config: TrainConfig, pairs: dict[str, PairSet]) -> None:
-    if config.stage1.enabled and len(pairs.get("captions", ())) < 2:
+def check_data(config: TrainConfig, pairs: TrainingPairs) -> None:
+    if config.stage1.enabled and (pairs.captions is None or len(pairs.captions) < 2):
         raise SourceError("stage one needs at least two usable image-caption pairs (check data.captions)")
-    if (config.stage2.enabled or config.stage1.include_web) and len(pairs.get("web_tags", ())) < 2:
+    if uses_web(config) and (pairs.web is None or len(pairs.web) < 2):
         raise SourceError(
-            "stage two needs web image-tag pairs, but the web source has fewer than two usable rows "
-            "(check data.web, or run stage one only with --stage2.enabled=false)"
+            "the web term needs web image-tag pairs, but the web source has fewer than two usable rows "
+            "(check data.web, or run stage one only with --stage2.enabled=false --stage1.include_web=false)"
         )
+    if config.web.noise_aware and config.web.unit != "tags" and uses_web(config):
+        raise SourceError("the noise-aware web term weighs tags one by one: set web.unit to tags")
+    if config.stage1.include_web and not config.stage1.enabled:
+        raise SourceError("stage1.include_web needs stage one (stage1.enabled)")
 
 
-def curriculum_order(model: VSEModel, web: PairSet, config: TrainConfig, output_dir: Path) -> np.ndarray:
-    """Web pairs ranked easy to hard by the stage-one model (saved for resumed runs)."""
-    path = output_dir / "curriculum_order.npy"
+def flat_config(config: TrainConfig) -> dict[str, object]:
+    """The config as ``{"a.b": value}``, without runtime keys (what a resumed run must match)."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        elif prefix not in RUNTIME_KEYS:
+            flat[prefix] = value
+
+    walk("", json.loads(json.dumps(dataclasses.asdict(config), default=str)))
+    return flat
+
+
+def prepare_run_folder(output_dir: Path, config: TrainConfig, runtime: Runtime) -> dict | None:
+    """The checkpoint state to resume from, or None after clearing the folder of an earlier run's state.
+
+    Raises:
+        ResumeError: the checkpoint was written with a different config.
+    """
+    state = read_checkpoint_state(output_dir) if config.resume else None
+    if state is not None:
+        saved = state.get("config")
+        current = flat_config(config)
+        if saved != current:
+            saved = saved or {}
+            changed = sorted(
+                k for k in set(saved) | set(current) if saved.get(k, "<unset>") != current.get(k, "<unset>")
+            )
+            details = ", ".join(
+                f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in changed[:8]
+            )
+            raise ResumeError(
+                f"{output_dir} holds a checkpoint of a run with a different config ({details}). Resume it with "
+                "its own config, choose a new --output_dir, or start afresh with --resume=false"
+            )
+        return state
+    if runtime.is_main:
+        for name in RUN_FILES:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    runtime.wait()
+    return None
+
+
+def run_key(config: TrainConfig, pairs: TrainingPairs, *parts: object) -> str:
+    """A key for a file that depends on the data, the model architecture, the seed and ``parts``."""
+    return cache_key(
+        {
+            "model": dataclasses.asdict(config.model),
+            "init_from": config.init_from,
+            "seed": config.seed,
+            "pairs": {
+                name: [texts_digest(p.texts), texts_digest(map(str, p.image_rows.tolist()))]
+                for name, p in pairs.named().items()
+            },  # fmt: skip
+            "images": {name: str(getattr(p.images.store, "folder", "pixels")) for name, p in pairs.named().items()},
+            "parts": parts,
+        }
+    )
+
+
+def web_weights(
+    model: VSEModel, pairs: TrainingPairs, config: TrainConfig, runtime: Runtime, output_dir: Path, metrics_log
+) -> None:
+    """Set the noise-aware weights of the web pairs (cross-fitted; cached by what they depend on)."""
+    key = run_key(config, pairs, dataclasses.asdict(config.web), dataclasses.asdict(config.stage1.optim),
+                  config.stage1.tag_weight, config.data.web_tag_noise, config.data.web_tag_noise_kind)  # fmt: skip
+    path = output_dir / f"web_weights-{key}.npy"
     if path.is_file():
-        order = np.load(path)
-        if len(order) == len(web):
-            return order
+        pairs.web.weights = np.load(path)
+        log.info("noise-aware web weights: reused %s", path.name)
+        return
+    with timed("suspicion"):
+        weights, reports = noise_aware_weights(model, pairs.captions, pairs.web, config, runtime)
+    for report in reports:
+        metrics_log.write(report.record())
+    if runtime.is_main:
+        np.save(path, weights)
+    runtime.wait()
+
+
+def curriculum_order(model: VSEModel, web: PairSet, config: TrainConfig, key: str, output_dir: Path) -> np.ndarray:
+    """Web pairs ranked easy to hard by the stage-one model, saved under a key of what it depends on."""
+    path = output_dir / f"curriculum-{key}.npy"
+    if path.is_file():
+        return np.load(path)
     scores = []
+    model.eval()
     with torch.inference_mode():
-        model.eval()
         for start in range(0, len(web), config.eval_batch_size):
             index = np.arange(start, min(start + config.eval_batch_size, len(web)))
-            images = model.encode_image(web.image_inputs(index))
-            texts = web.text_inputs(index)
-            text_emb = (
-                model.embed_text_features(texts).cpu() if isinstance(texts, torch.Tensor) else model.encode_text(texts)
+            scores.append(
+                pair_agreement(model.encode_image(web.image_batch(index)), model.encode_text(web.text_batch(index)))
             )
-            scores.append(pair_agreement(images, text_emb))
     order = easy_to_hard(np.concatenate(scores))
     np.save(path, order)
     return order
@@ -159,11 +201,12 @@ def final_metrics(
     return metrics
 
 
-def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path:
-    """Run the configured stages and save the final model; returns its folder."""
+def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | None:
+    """Run the configured stages and save the final model; returns its folder (None if stopped early)."""
     runtime = runtime or Runtime.create(config.seed)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    resume = prepare_run_folder(output_dir, config, runtime)
     torch.manual_seed(config.seed)
     sources = read_sources(config)
     with timed("model"):
@@ -179,37 +222,70 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path:
     if runtime.is_main:
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
     metrics_log = MetricsLog(output_dir, enabled=runtime.is_main, tensorboard=config.tensorboard)
+    selection = RunSelection(output_dir / BEST_DIR)
+    if resume:
+        selection.restore(resume)
     ctx = StageContext(
-        model, runtime, output_dir, validation, metrics_log, config.eval_batch_size, config.eval_every, config.progress
-    )
-    resume = read_checkpoint_state(output_dir) if config.resume else None
-    stage_metrics = {}
-    if config.stage1.enabled and not (resume and resume.get("stage") == "stage2"):
-        with timed("stage1"):
-            stage_metrics["stage1"] = run_stage(stage_one_plan(config, pairs, runtime), ctx, resume)
-    if config.stage2.enabled:
-        if config.stage1.enabled and (output_dir / "stage1" / "model.safetensors").is_file():
-            model.load_weights(output_dir / "stage1")
-        order = curriculum_order(model, pairs["web_tags"], config, output_dir) if config.stage2.curriculum else None
-        with timed("stage2"):
-            stage_metrics["stage2"] = run_stage(stage_two_plan(config, pairs, order, runtime), ctx, resume)
+        model, runtime, output_dir, validation, metrics_log, selection, config.eval_batch_size, config.eval_every,
+        config.progress, {"config": flat_config(config)}, config.stop_after_epochs, epochs_done(config, resume),
+    )  # fmt: skip
+    if uses_web(config) and config.web.noise_aware:
+        web_weights(model, pairs, config, runtime, output_dir, metrics_log)
+    try:
+        in_stage_two = bool(resume and resume.get("stage") == "stage2")
+        if config.stage1.enabled and not in_stage_two:
+            with timed("stage1"):
+                run_stage(stage_one(config, pairs, runtime), ctx, resume)
+        if config.stage2.enabled:
+            order = None
+            if in_stage_two:
+                ctx.run_state["curriculum"] = resume.get("curriculum")
+            elif (selection.folder / "model.safetensors").is_file():  # stage two starts from the best model so far
+                model.load_weights(selection.folder)
+            if config.stage2.curriculum:
+                key = ctx.run_state.get("curriculum") or run_key(config, pairs, model_digest_of(model))
+                ctx.run_state["curriculum"] = key
+                order = curriculum_order(model, pairs.web, config, key, output_dir)
+            with timed("stage2"):
+                run_stage(stage_two(config, pairs, order, runtime), ctx, resume)
+    except Interrupted as stop:
+        metrics_log.close()
+        log.info("%s; rerun with the same config to resume", stop)
+        return None
     metrics_log.close()
+    if (selection.folder / "model.safetensors").is_file():
+        model.load_weights(selection.folder)
+        log.info("selected: %s (validation rsum %.2f)", selection.best_stage, selection.best_rsum)
     verify_replicas(model, runtime, output_dir)
-    return save_final_model(model, sources, config, runtime, output_dir)
+    return save_final_model(model, sources, config, runtime, output_dir, selection)
 
 
-def verify_replicas(model: VSEModel, runtime: Runtime, output_dir: Path) -> None:
-    """Every process must end with the same weights; record their digests in replicas.json."""
+def epochs_done(config: TrainConfig, resume: dict | None) -> int:
+    """Epochs of the whole run a checkpoint has done (for ``stop_after_epochs``)."""
+    if not resume:
+        return 0
+    before = config.stage1.optim.epochs if resume["stage"] == "stage2" and config.stage1.enabled else 0
+    return before + resume["epoch"]
+
+
+def model_digest_of(model: VSEModel) -> str:
+    """Digest of the trainable weights (what the curriculum's ranking depends on)."""
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
         if param.requires_grad:
             digest.update(name.encode())
             digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_replicas(model: VSEModel, runtime: Runtime, output_dir: Path) -> None:
+    """Every process must end with the same weights; record their digests in replicas.json."""
+    digest = model_digest_of(model)
     digests = [None] * runtime.world_size
     if runtime.world_size > 1:
-        torch.distributed.all_gather_object(digests, digest.hexdigest())
+        torch.distributed.all_gather_object(digests, digest)
     else:
-        digests = [digest.hexdigest()]
+        digests = [digest]
     if runtime.is_main:
         (output_dir / "replicas.json").write_text(
             json.dumps({"world_size": runtime.world_size, "digests": digests}, indent=2)
@@ -219,13 +295,14 @@ def verify_replicas(model: VSEModel, runtime: Runtime, output_dir: Path) -> None
 
 
 def save_final_model(
-    model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime, output_dir: Path
+    model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime, output_dir: Path, selection: RunSelection
 ) -> Path:
     model.metrics = final_metrics(model, sources, config, runtime)
     model.config.extra = {
         **model.config.extra,
         "datasets": sources.provenance(),
         "training": {k: v for k, v in dataclasses.asdict(config).items() if k != "model"},
+        "selected_stage": selection.best_stage,
     }
     folder = output_dir / "model"
     if runtime.is_main:
@@ -265,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         folder = run_training(config)
-    except SourceError as err:
+    except (SourceError, ResumeError) as err:
         log.error("%s", err)
         return 2
+    if folder is None:
+        print(f"stopped after {config.stop_after_epochs} epochs; run again with the same config to resume")
+        return 0
     print(f"model saved to {folder}")
     return 0
 

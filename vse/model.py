@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +229,46 @@ class VSEModel(
             return self.embed_text_features(self.text_features(batch))
         return l2_normalize(self.text_encoder(batch))
 
-    def forward(self, pixels: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training forward pass: (B, D) image and (B', D) text embeddings."""
-        return self.embed_pixels(pixels), self.embed_tokens(self.tokenize(texts))
+    def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward pass: (B, D) image and (B', D) text embeddings (see ``embed_images``/``embed_texts``)."""
+        return self.embed_images(images), self.embed_texts(texts)
+
+    # ------------------------------------------------ one entry per modality
+    def embed_images(self, images: Any) -> torch.Tensor:
+        """(B, D) normalised image embeddings, differentiable, on the model's device.
+
+        The input kind is decided here, once: a (B, F) tensor of backbone features
+        (a feature cache), a (B, 3, H, W) pixel tensor, or PIL images, paths or
+        encoded bytes (one or a list).
+        """
+        if isinstance(images, torch.Tensor):
+            if images.ndim == 2:
+                return self.embed_image_features(images)
+            if images.ndim == 4:
+                return self.embed_pixels(images)
+            raise ValueError(f"expected (N, F) features or (N, 3, H, W) pixels, got shape {tuple(images.shape)}")
+        if isinstance(images, (Image.Image, str, Path, bytes)):
+            images = [images]
+        return self.embed_pixels(self.preprocess(list(images)))
+
+    def embed_texts(self, texts: Any) -> torch.Tensor:
+        """(B, D) normalised text embeddings, differentiable, on the model's device.
+
+        The input kind is decided here, once: strings (one or a list), a (B, H)
+        tensor of cached text-backbone features (frozen transformer), or a
+        tokenized batch (a mapping of tensors).
+        """
+        if isinstance(texts, torch.Tensor):
+            if texts.ndim != 2:
+                raise ValueError(f"expected (N, H) text features, got shape {tuple(texts.shape)}")
+            if not isinstance(self.text_encoder, TransformerTextEncoder):
+                raise TypeError("cached text features exist only for the transformer text encoder")
+            return self.embed_text_features(texts)
+        if isinstance(texts, Mapping):
+            return self.embed_tokens(dict(texts))
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.embed_tokens(self.tokenize(list(texts)))
 
     # --------------------------------------------------------- public encoding
     def _no_grad_unless_training(self) -> contextlib.AbstractContextManager:
@@ -242,40 +279,31 @@ class VSEModel(
         return self.image_encoder.backbone.preprocess([load_image(image) for image in images])
 
     def encode_image(self, images: Any, batch_size: int = 32) -> torch.Tensor:
-        """(N, D) normalised image embeddings, on the CPU.
+        """(N, D) normalised image embeddings, on the CPU, computed in batches.
 
-        ``images``: a list of PIL images, paths or encoded bytes; one such image; a
-        (N, 3, H, W) pixel tensor; or a (N, F) tensor of precomputed backbone features.
+        ``images``: anything ``embed_images`` takes.
         """
+        if isinstance(images, (Image.Image, str, Path, bytes)):
+            images = [images]
+        if not isinstance(images, torch.Tensor):
+            images = list(images)
         with self._no_grad_unless_training():
-            if isinstance(images, torch.Tensor):
-                if images.ndim == 2:
-                    chunks = [self.embed_image_features(chunk) for chunk in images.split(batch_size)]
-                elif images.ndim == 4:
-                    chunks = [self.embed_pixels(chunk) for chunk in images.split(batch_size)]
-                else:
-                    raise ValueError(
-                        f"expected (N, F) features or (N, 3, H, W) pixels, got shape {tuple(images.shape)}"
-                    )
-            else:
-                if isinstance(images, (Image.Image, str, Path, bytes)):
-                    images = [images]
-                chunks = [self.embed_pixels(self.preprocess(chunk)) for chunk in batched(list(images), batch_size)]
-            return self._concat(chunks)
+            return self._concat([self.embed_images(chunk) for chunk in batched(images, batch_size)])
 
-    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 64) -> torch.Tensor:
-        """(N, D) normalised embeddings of sentences, on the CPU, in the order given.
+    def encode_text(self, texts: Sequence[str] | str | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """(N, D) normalised embeddings of sentences (or cached text features), on the CPU, in order.
 
-        Batches group sentences of similar length (see ``length_sorted``).
+        Batches of strings group sentences of similar length (see ``length_sorted``).
         """
+        if isinstance(texts, torch.Tensor):
+            with self._no_grad_unless_training():
+                return self._concat([self.embed_texts(chunk) for chunk in texts.split(batch_size)])
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
         order = length_sorted(texts)
         with self._no_grad_unless_training():
-            chunks = [
-                self.embed_tokens(self.tokenize([texts[i] for i in chunk])) for chunk in batched(order, batch_size)
-            ]
+            chunks = [self.embed_texts([texts[i] for i in chunk]) for chunk in batched(order, batch_size)]
             embeddings = self._concat(chunks)
         return embeddings[torch.argsort(torch.tensor(order, dtype=torch.long))] if order else embeddings
 
