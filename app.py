@@ -6,9 +6,11 @@
 Search: a sentence returns the best gallery images; selecting one shows its
 nearest captions (image-to-text over the caption pool) and its web tags; an
 uploaded image gets its nearest captions and similar images.  Review: web images
-ordered by how little the model agrees with their tags; each vote is stored at
-once in SQLite (``<data-dir>/votes.db``) and ``python -m training.feedback
-export`` turns the votes into the corrections table of the next training run.
+ordered by their expected number of wrong tags, each tag shown with its
+probability of being wrong (``vse.suspicion``) and the likely wrong ones ticked
+as a suggestion; each vote is stored at once in SQLite (``<data-dir>/votes.db``)
+and ``python -m training.close_loop`` turns the votes into the corrections table
+of the next training run, retrains and evaluates.
 
 Works as a Hugging Face Space (see the README front matter): with OAuth enabled
 reviewers sign in with their Hub account and the review tab stays read-only
@@ -31,7 +33,8 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from vse.feedback import FeedbackStore, VoteError, start_backup
+from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, start_backup
+from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
 from vse.retrieval import QueryError, RetrievalService
 from vse.text import normalize_tag
@@ -44,6 +47,10 @@ CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
 CONCURRENCY = 4  # requests the app serves at once; more wait in Gradio's queue
 VOTES_PER_MINUTE = int(os.environ.get("VSE_VOTES_PER_MINUTE", "120"))
+# An image leaves the review queue once this many different people reviewed it
+# (3 for majority voting over three reviewers).
+REVIEWS_PER_IMAGE = int(os.environ.get("VSE_REVIEWS_PER_IMAGE", "1"))
+SUGGEST_WRONG = 0.5  # tags at least this likely wrong are shown ticked (the suggested verdict)
 # On a Space, a dataset repo that receives a snapshot of the raw votes every 10 minutes.
 BACKUP_REPO = os.environ.get("VSE_FEEDBACK_REPO")
 # OAuth exists only on a Space with `hf_oauth: true`; locally reviewers type a name.
@@ -68,6 +75,7 @@ class AppConfig:
     reviewer: str = "local-reviewer"  # reviewer name when OAuth is off
     index: str = "auto"  # faiss index kind, see vse.index
     votes_per_minute: int = VOTES_PER_MINUTE
+    reviews_per_image: int = REVIEWS_PER_IMAGE
 
 
 class VSEApp:
@@ -166,37 +174,82 @@ class VSEApp:
             if profile is None:
                 raise gr.Error("Sign in with Hugging Face to review tags.")
             return profile.username
-        name = " ".join(str(typed_name or self.config.reviewer).split())
-        if not name:
-            raise gr.Error("Enter a reviewer name first.")
-        return name[:100]
-
-    def _vote(self, user: str, image_id: str, tag: str, verdict: str) -> None:
-        if self.store.recent_votes(user, 60) >= self.config.votes_per_minute:
-            raise gr.Error(f"Too many votes: at most {self.config.votes_per_minute} a minute. Please slow down.")
         try:
-            self.store.add_vote(user, image_id, tag, verdict, self.service.revision)
+            return clean_user_name(self.config.reviewer if typed_name is None else typed_name)
+        except VoteError as err:
+            raise gr.Error(f"Reviewer name: {err}.") from None
+
+    def _vote(self, user: str, item: GalleryItem, tag: object, verdict: object) -> None:
+        """Store one vote; refuses a verdict on a tag the image does not have, and bursts."""
+        if not isinstance(tag, str) or not normalize_tag(tag):
+            raise gr.Error("The tag must be a non-empty string.")
+        has_tag = normalize_tag(tag) in {normalize_tag(t) for t in item.tags}
+        if verdict in ("wrong", "right") and not has_tag:
+            raise gr.Error(f"Image {item.id!r} has no tag {tag!r}: only its own tags can be judged wrong or right.")
+        if verdict == "added" and has_tag:
+            verdict = "right"  # adding a tag it already has confirms it
+        try:
+            self.store.add_vote(
+                user, item.id, tag, verdict, self.service.revision, per_minute=self.config.votes_per_minute
+            )
+        except RateLimited:
+            raise gr.Error(
+                f"Too many votes: at most {self.config.votes_per_minute} a minute. Please slow down."
+            ) from None
         except VoteError as err:
             raise gr.Error(str(err)) from None
 
+    def reviewable(self, position: int, user: str | None) -> bool:
+        """Not yet reviewed by this reviewer, nor by as many people as an image needs."""
+        item = self.current_item(position)
+        if user is not None and item.id in self.store.reviewed_images(user):
+            return False
+        return self.store.reviewer_counts().get(item.id, 0) < self.config.reviews_per_image
+
+    def next_position(self, position: int, user: str | None, include_current: bool = False) -> int | None:
+        """The next reviewable queue position after (or at) ``position``; None when the queue is done."""
+        counts, mine = self.store.reviewer_counts(), self.store.reviewed_images(user) if user else set()
+        for step in range(0 if include_current else 1, len(self.queue) + 1):
+            candidate = (position + step) % len(self.queue)
+            image_id = self.current_item(candidate).id
+            if image_id not in mine and counts.get(image_id, 0) < self.config.reviews_per_image:
+                return candidate
+        return None
+
+    def tag_rows(self, index: int) -> list[tuple[str, float]]:
+        """(tag, P(wrong)) of a gallery item, most suspicious first, repeats dropped."""
+        item, suspicion = self.service.gallery.items[index], self.service.tag_suspicion()[index]
+        seen, rows = set(), []
+        for tag, probability in zip(item.tags, suspicion.tolist(), strict=True):
+            if normalize_tag(tag) and normalize_tag(tag) not in seen:
+                seen.add(normalize_tag(tag))
+                rows.append((tag, float(probability)))
+        return sorted(rows, key=lambda row: -row[1])
+
     def review_view(self, position: int, user: str | None = None) -> tuple:
-        """Image, title, score, tag choices (ticked = marked wrong by this user), counter."""
+        """Image, title, detail, tag choices (suspicion shown, suggested verdicts ticked), counter."""
         if not self.queue:
             return None, "No tagged images in this gallery.", "", gr.update(choices=[], value=[]), self.counter(user)
         position = position % len(self.queue)
         index = self.queue[position]
         item = self.service.gallery.items[index]
-        wrong = (
-            {v.tag for v in self.store.votes(image_id=item.id, user=user) if v.verdict == "wrong"} if user else set()
+        rows = self.tag_rows(index)
+        mine = {v.tag: v.verdict for v in self.store.votes(image_id=item.id, user=user)} if user else {}
+        ticked = [
+            tag for tag, probability in rows
+            if mine.get(normalize_tag(tag)) == "wrong" or (normalize_tag(tag) not in mine and probability >= SUGGEST_WRONG)
+        ]  # fmt: skip
+        expected = float(sum(probability for _, probability in rows))
+        detail = (
+            f"Image {position + 1} of {len(self.queue)} · about {expected:.1f} wrong tags expected "
+            f"(ranked by model {self.service.revision[:8]}; most expected first). Ticked = suggested wrong."
         )
-        ticked = [tag for tag in item.tags if normalize_tag(tag) in wrong]
-        score = float(self.service.tag_agreement()[index])
-        detail = f"Image {position + 1} of {len(self.queue)} · image-tag agreement {score:.3f} (lowest first)"
+        choices = [(f"{tag}  ·  {probability:.0%} likely wrong", tag) for tag, probability in rows]
         return (
             self.service.gallery.image(index),
             item.title or item.id,
             detail,
-            gr.update(choices=item.tags, value=ticked),
+            gr.update(choices=choices, value=ticked),
             self.counter(user),
         )
 
@@ -204,7 +257,7 @@ class VSEApp:
         mine = len(self.store.reviewed_images(user)) if user else 0
         return f"{mine} images reviewed by you · {self.store.count()} votes stored in total"
 
-    def current_item(self, position: int):
+    def current_item(self, position: int) -> GalleryItem:
         return self.service.gallery.items[self.queue[position % len(self.queue)]]
 
     def mark_tags(
@@ -213,47 +266,51 @@ class VSEApp:
         """Store a vote at once for each tag whose tick changed (ticked = wrong, unticked = right)."""
         user = self.reviewer(name, profile)
         item = self.current_item(position)
-        for tag in set(ticked) ^ set(previous or []):
-            self._vote(user, item.id, tag, "wrong" if tag in ticked else "right")
+        for tag in set(ticked or []) ^ set(previous or []):
+            self._vote(user, item, tag, "wrong" if tag in ticked else "right")
         return ticked, self.counter(user)
 
     def add_tag(self, position: int, text: str, name: str, profile: gr.OAuthProfile | None):
+        """Record missing tags (comma-separated) for the current image."""
         user = self.reviewer(name, profile)
         tags = [t.strip() for t in str(text or "").split(",") if t.strip()]
         if not tags:
             raise gr.Error("Type the missing tag (several: separate them with commas).")
         for tag in tags:
-            self._vote(user, self.current_item(position).id, tag, "added")
+            self._vote(user, self.current_item(position), tag, "added")
         return "", self.counter(user)
 
     def next_image(self, position: int, ticked: list[str], name: str, profile: gr.OAuthProfile | None):
-        """Unticked tags count as right; then show the next image this reviewer has not reviewed."""
+        """Record the shown verdicts (ticked = wrong, unticked = right) for tags not voted yet, then move on."""
         user = self.reviewer(name, profile)
         item = self.current_item(position)
         voted = {v.tag for v in self.store.votes(image_id=item.id, user=user)}
         for tag in item.tags:
-            if tag not in (ticked or []) and normalize_tag(tag) not in voted and normalize_tag(tag):
-                self._vote(user, item.id, tag, "right")
+            if normalize_tag(tag) and normalize_tag(tag) not in voted:
+                voted.add(normalize_tag(tag))
+                self._vote(user, item, tag, "wrong" if tag in (ticked or []) else "right")
         return self.skip(position, name, profile)
 
     def skip(self, position: int, name: str, profile: gr.OAuthProfile | None):
+        """Show the next image that still needs a review (this one stays in the queue for others)."""
         user = self.reviewer(name, profile)
-        done = self.store.reviewed_images(user)
-        for step in range(1, len(self.queue) + 1):
-            candidate = (position + step) % len(self.queue)
-            if self.current_item(candidate).id not in done:
-                break
+        candidate = self.next_position(position, user)
+        if candidate is None:
+            candidate = position
+            gr.Info("No more images need a review from you. Thank you!")
         view = self.review_view(candidate, user)
         return (candidate, *view, view[3]["value"])
 
     def open_review(self, position: int, name: str, profile: gr.OAuthProfile | None):
-        """The current image; the controls stay read-only until the reviewer is known."""
+        """The first image that needs this reviewer; the controls stay read-only until the reviewer is known."""
         user = None
         with contextlib.suppress(gr.Error):
             user = self.reviewer(name, profile)
+        if self.queue:
+            position = self.next_position(position, user, include_current=True) or position
         view = self.review_view(position, user)
         controls = [gr.update(interactive=user is not None) for _ in range(4)]
-        return (*view, view[3]["value"], *controls)
+        return (position, *view, view[3]["value"], *controls)
 
     # ------------------------------------------------------------ API
     def vote_api(
@@ -261,10 +318,63 @@ class VSEApp:
     ) -> str:
         """Store one vote (verdict: wrong, right or added); returns the counter."""
         user = self.reviewer(reviewer, profile)
-        if image_id not in self.service.gallery.position:
+        if not isinstance(image_id, str) or image_id not in self.service.gallery.position:
             raise gr.Error(f"Unknown image id {image_id!r}.")
-        self._vote(user, image_id, tag, verdict)
+        if verdict not in ("wrong", "right", "added"):
+            raise gr.Error("The verdict must be wrong, right or added.")
+        self._vote(user, self.service.gallery.items[self.service.gallery.position[image_id]], tag, verdict)
         return self.counter(user)
+
+    def review_next_api(self, reviewer: str, profile: gr.OAuthProfile | None = None) -> dict:
+        """The image the review queue gives this reviewer next: id, title and tags with P(wrong), most suspicious first.
+
+        Returns ``{"image_id": None}`` when nothing needs this reviewer any more.
+        """
+        user = self.reviewer(reviewer, profile)
+        position = self.next_position(0, user, include_current=True) if self.queue else None
+        if position is None:
+            return {"image_id": None, "remaining": 0}
+        index = self.queue[position]
+        item = self.service.gallery.items[index]
+        return {
+            "image_id": item.id,
+            "title": item.title,
+            "position": position,
+            "queue_length": len(self.queue),
+            "tags": [{"tag": tag, "p_wrong": round(p, 4)} for tag, p in self.tag_rows(index)],
+            "model_revision": self.service.revision,
+        }
+
+
+def restore_name(saved: str | None):
+    """The reviewer name saved in this browser, if any (else the field keeps its default)."""
+    return saved if isinstance(saved, str) and saved.strip() else gr.update()
+
+
+# Keyboard shortcuts of the review tab: digits toggle the tags, Enter goes to the
+# next image, S skips. Keys typed into text fields are left alone.
+REVIEW_KEYS_JS = """
+() => {
+  if (window.__vseReviewKeys) return;
+  window.__vseReviewKeys = true;
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    const typing = target && (target.tagName === "TEXTAREA" || target.isContentEditable ||
+      (target.tagName === "INPUT" && target.type !== "checkbox"));
+    if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+    const tags = document.querySelector("#review-tags");
+    if (!tags || tags.offsetParent === null) return;
+    if (/^[1-9]$/.test(event.key)) {
+      const box = tags.querySelectorAll("input[type=checkbox]")[Number(event.key) - 1];
+      if (box && !box.disabled) { box.click(); event.preventDefault(); }
+    } else if (event.key === "Enter") {
+      document.querySelector("#review-next")?.click(); event.preventDefault();
+    } else if (event.key === "s" || event.key === "S") {
+      document.querySelector("#review-skip")?.click(); event.preventDefault();
+    }
+  });
+}
+"""
 
 
 def ping() -> str:
@@ -323,18 +433,32 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                     review_title = gr.Textbox(label="Title", interactive=False)
                     review_detail = gr.Textbox(label="Why this image", interactive=False)
                     wrong = gr.CheckboxGroup(
-                        label="Tick the tags that are WRONG (saved at once)", choices=[], elem_id="review-tags"
-                    )
+                        label="Tick the tags that are WRONG (saved at once; keys 1-9 toggle, Enter = next, S = skip)",
+                        choices=[], elem_id="review-tags",
+                    )  # fmt: skip
                     with gr.Row():
                         new_tag = gr.Textbox(label="Missing tag", placeholder="e.g. apple", scale=3, max_length=200)
                         add_button = gr.Button("Add tag")
                     with gr.Row():
-                        next_button = gr.Button("Next image (unticked tags are right)", variant="primary")
-                        skip_button = gr.Button("Skip")
+                        next_button = gr.Button(
+                            "Next image (record: ticked wrong, unticked right)",
+                            variant="primary",
+                            elem_id="review-next",
+                        )
+                        skip_button = gr.Button("Skip", elem_id="review-skip")
             view = [review_image, review_title, review_detail, wrong, counter, ticked_state]
             controls = [wrong, add_button, next_button, skip_button]
-            review_tab.select(app.open_review, [position, reviewer], [*view, *controls], api_visibility="private")
-            demo.load(app.open_review, [position, reviewer], [*view, *controls], api_visibility="private")
+            review_tab.select(
+                app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private"
+            )
+            if OAUTH_ENABLED:
+                demo.load(app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private")
+            else:  # a local reviewer's name is remembered in the browser across reloads
+                saved_name = gr.BrowserState("", storage_key="vse-reviewer-name")
+                demo.load(restore_name, [saved_name], [reviewer], api_visibility="private").then(
+                    app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private"
+                )
+                reviewer.change(lambda name: name, [reviewer], [saved_name], api_visibility="private")
             wrong.input(
                 app.mark_tags,
                 [position, wrong, ticked_state, reviewer],
@@ -344,7 +468,9 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             add_button.click(app.add_tag, [position, new_tag, reviewer], [new_tag, counter], api_visibility="private")
             next_button.click(app.next_image, [position, wrong, reviewer], [position, *view], api_visibility="private")
             skip_button.click(app.skip, [position, reviewer], [position, *view], api_visibility="private")
+            demo.load(None, js=REVIEW_KEYS_JS)
         gr.api(app.vote_api, api_name="vote")
+        gr.api(app.review_next_api, api_name="review_next")
         gr.api(ping, api_name="ping")
     return demo
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.app_fixtures import ASSETS, running_app
+from vse.text import normalize_tag
 
 pytestmark = [
     pytest.mark.slow,
@@ -91,11 +92,127 @@ def test_vote_is_persisted_and_exported(served, tmp_path):
     )
 
 
-def test_review_queue_puts_suspicious_tags_first(served):
+def test_review_queue_ranks_by_expected_wrong_tags(served):
+    """The queue against a naive reference: images sorted by the sum of their tags' P(wrong)."""
     _, app = served
-    scores = app.service.tag_agreement()
-    queue_scores = [scores[i] for i in app.queue[:50]]
-    assert queue_scores == sorted(queue_scores)
+    suspicion = app.service.tag_suspicion()
+    items = app.service.gallery.items
+    assert all(
+        len(p) == len(item.tags) and ((p >= 0) & (p <= 1)).all() for p, item in zip(suspicion, items, strict=True)
+    )
+    expected = {i: float(sum(p)) for i, p in enumerate(suspicion) if len(p)}
+    naive = sorted(expected, key=lambda i: (-expected[i], i))
+    assert app.queue == naive
+
+
+def test_review_view_shows_suspicion_and_suggests_verdicts(served):
+    import app as app_module
+
+    _, app = served
+    image, title, detail, choices, counter = app.review_view(0, None)
+    labels = [label for label, _ in choices["choices"]]
+    values = [value for _, value in choices["choices"]]
+    rows = app.tag_rows(app.queue[0])
+    assert values == [tag for tag, _ in rows] and [p for _, p in rows] == sorted((p for _, p in rows), reverse=True)
+    assert all("likely wrong" in label for label in labels)
+    assert choices["value"] == [tag for tag, p in rows if p >= app_module.SUGGEST_WRONG]
+    assert "wrong tags expected" in detail and image is not None
+
+
+def fresh_position(app, user):
+    position = app.next_position(0, user, include_current=True)
+    assert position is not None
+    return position
+
+
+def test_next_image_records_ticked_wrong_and_unticked_right(served):
+    _, app = served
+    user = "handler-next"
+    position = fresh_position(app, user)
+    item = app.current_item(position)
+    tags = [tag for tag, _ in app.tag_rows(app.queue[position])]
+    result = app.next_image(position, tags[:1], user, None)
+    verdicts = {v.tag: v.verdict for v in app.store.votes(image_id=item.id, user=user)}
+    assert verdicts == {normalize_tag(tag): "wrong" if tag == tags[0] else "right" for tag in tags}
+    assert result[0] != position and app.current_item(result[0]).id != item.id  # moved on
+
+
+def test_skip_moves_on_without_votes_and_add_tag_records_missing_tags(served):
+    import gradio as gr
+
+    _, app = served
+    user = "handler-skip"
+    position = fresh_position(app, user)
+    before = app.store.count()
+    new_position, *_ = app.skip(position, user, None)
+    assert new_position != position and app.store.count() == before
+    item = app.current_item(new_position)
+    cleared, counter = app.add_tag(new_position, "brand new tag, another one", user, None)
+    assert cleared == "" and "1 images reviewed by you" in counter
+    added = {v.tag for v in app.store.votes(image_id=item.id, user=user) if v.verdict == "added"}
+    assert added == {"brand new tag", "another one"}
+    with pytest.raises(gr.Error, match="Type the missing tag"):
+        app.add_tag(new_position, " , ", user, None)
+
+
+def test_mark_tags_stores_each_change(served):
+    _, app = served
+    user = "handler-mark"
+    position = fresh_position(app, user)
+    item = app.current_item(position)
+    tags = [tag for tag, _ in app.tag_rows(app.queue[position])][:2]
+    assert len(tags) == 2
+    ticked, _ = app.mark_tags(position, tags, [], user, None)
+    assert {v.tag: v.verdict for v in app.store.votes(image_id=item.id, user=user)} == {
+        normalize_tag(tags[0]): "wrong", normalize_tag(tags[1]): "wrong"}  # fmt: skip
+    app.mark_tags(position, tags[:1], ticked, user, None)  # the second unticked again: now right
+    assert {v.tag: v.verdict for v in app.store.votes(image_id=item.id, user=user)} == {
+        normalize_tag(tags[0]): "wrong", normalize_tag(tags[1]): "right"}  # fmt: skip
+
+
+def test_reviewed_images_leave_the_queue_once_enough_people_reviewed(served, monkeypatch):
+    _, app = served
+    position = fresh_position(app, "first-reviewer")
+    item = app.current_item(position)
+    app.next_image(position, [], "first-reviewer", None)
+    assert not app.reviewable(position, "second-reviewer")  # one review is enough by default
+    monkeypatch.setattr(app.config, "reviews_per_image", 2)
+    assert app.reviewable(position, "second-reviewer") and not app.reviewable(position, "first-reviewer")
+    assert app.review_next_api("first-reviewer")["image_id"] != item.id
+
+
+def test_review_next_and_vote_validation_through_the_api(served, monkeypatch):
+    from gradio_client.exceptions import AppError
+
+    client, app = served
+    monkeypatch.setattr(app.config, "reviews_per_image", 100)
+    task = client.predict("api-reviewer", api_name="/review_next")
+    item = app.service.gallery.items[app.service.gallery.position[task["image_id"]]]
+    assert task["model_revision"] == app.service.revision and task["queue_length"] == len(app.queue)
+    assert [t["tag"] for t in task["tags"]] == [tag for tag, _ in app.tag_rows(app.queue[task["position"]])]
+    tag = task["tags"][0]["tag"]
+    for args, message in [
+        ((task["image_id"], "not-one-of-its-tags", "wrong"), "has no tag"),
+        ((task["image_id"], None, "wrong"), "non-empty string"),
+        ((task["image_id"], ["a", "b"], "wrong"), "non-empty string"),
+        ((task["image_id"], tag, "maybe"), "verdict"),
+        ((task["image_id"], tag, None), "verdict"),
+        ((None, tag, "wrong"), "Unknown image id"),
+    ]:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, "api-reviewer", api_name="/vote")
+    for name, message in [("ann\u202eevil", "invisible"), ("x" * 101, "longer")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(task["image_id"], tag, "wrong", name, api_name="/vote")
+    assert not app.store.votes(image_id=item.id, user="api-reviewer")
+    client.predict(task["image_id"], tag, "added", "api-reviewer", api_name="/vote")  # it has it: a confirmation
+    assert app.store.votes(image_id=item.id, user="api-reviewer")[0].verdict == "right"
+    # The limit counts vote events: flipping one tag back and forth uses it up.
+    monkeypatch.setattr(app.config, "votes_per_minute", app.store.recent_votes("flipper", 60) + 3)
+    for verdict in ("wrong", "right", "wrong"):
+        client.predict(task["image_id"], tag, verdict, "flipper", api_name="/vote")
+    with pytest.raises(AppError, match="Too many votes"):
+        client.predict(task["image_id"], tag, "right", "flipper", api_name="/vote")
 
 
 def test_gallery_images_decode(served):
@@ -110,11 +227,11 @@ def test_votes_are_rate_limited_per_reviewer(served, monkeypatch):
     _, app = served
     monkeypatch.setattr(app.config, "votes_per_minute", app.store.recent_votes("limited", 60) + 2)
     item = app.service.gallery.items[app.queue[1]]
-    app.vote_api(item.id, "first", "added", "limited")
-    app.vote_api(item.id, "second", "added", "limited")
+    app.vote_api(item.id, "first new tag", "added", "limited")
+    app.vote_api(item.id, "second new tag", "added", "limited")
     with pytest.raises(gr.Error, match="Too many votes"):
-        app.vote_api(item.id, "third", "added", "limited")
-    app.vote_api(item.id, "third", "added", "someone else")  # other reviewers are not affected
+        app.vote_api(item.id, "third new tag", "added", "limited")
+    app.vote_api(item.id, "third new tag", "added", "someone else")  # other reviewers are not affected
 
 
 def test_review_needs_sign_in_when_oauth_is_on(served, monkeypatch):
@@ -126,9 +243,9 @@ def test_review_needs_sign_in_when_oauth_is_on(served, monkeypatch):
     monkeypatch.setattr(app_module, "OAUTH_ENABLED", True)
     item = app.service.gallery.items[app.queue[2]]
     with pytest.raises(gr.Error, match="Sign in"):
-        app.vote_api(item.id, "tag", "wrong", "typed-name-is-ignored", None)
+        app.vote_api(item.id, item.tags[0], "wrong", "typed-name-is-ignored", None)
     profile = gr.OAuthProfile({"name": "Ann", "preferred_username": "ann-hub", "profile": "", "picture": ""})
-    app.vote_api(item.id, "tag", "wrong", "typed-name-is-ignored", profile)
+    app.vote_api(item.id, item.tags[0], "wrong", "typed-name-is-ignored", profile)
     assert app.store.votes(image_id=item.id)[-1].user == "ann-hub"
     with pytest.raises(gr.Error, match="Unknown image id"):
         app.vote_api("../../etc/passwd", "tag", "wrong", "x", profile)

@@ -32,7 +32,8 @@ def test_votes_are_idempotent_and_changeable(store):
     )
     store.add_vote("bob", "img1", "hash", "wrong", "rev2")
     assert store.count() == 2 and store.reviewed_images("bob") == {"img1"}
-    assert store.recent_votes("ann", 60) == 1
+    assert store.recent_votes("ann", 60) == 3  # every vote call counts, not the rows it left
+    assert store.reviewer_counts() == {"img1": 2}
 
 
 @pytest.mark.parametrize(
@@ -43,6 +44,10 @@ def test_votes_are_idempotent_and_changeable(store):
         (("ann", "img", "tag", "maybe"), "verdict"),
         (("ann", "img", "x" * 500, "wrong"), "longer"),
         (("ann\x00", "img", "tag", "wrong"), "control"),
+        (("ann", "img", "evil\u202eton", "wrong"), "invisible"),
+        (("ann", "img", None, "wrong"), "must be a string"),
+        (("ann", "img", ["a", "b"], "wrong"), "must be a string"),
+        (("ann", "img", "tag", None), "verdict"),
     ],
 )
 def test_bad_votes_are_refused(store, args, message):
@@ -92,3 +97,44 @@ def test_snapshot_for_backups(store, tmp_path):
     path = write_snapshot(store, tmp_path / "backup")
     [line] = path.read_text().splitlines()
     assert json.loads(line)["tag"] == "hash"
+
+
+def test_rate_limit_counts_events_in_the_same_transaction(store):
+    """Flipping one tag is not free, and concurrent writers cannot slip past the limit."""
+    import threading
+
+    from vse.feedback import RateLimited
+
+    for verdict in ("wrong", "right", "wrong"):
+        store.add_vote("flipper", "img", "tag", verdict, "rev", per_minute=3)
+    with pytest.raises(RateLimited):
+        store.add_vote("flipper", "img", "tag", "right", "rev", per_minute=3)
+    assert store.votes(user="flipper")[0].verdict == "wrong"  # the refused vote changed nothing
+    stored, refused = [], []
+
+    def burst(worker: int) -> None:
+        for k in range(20):
+            try:
+                store.add_vote("burst", f"img{worker}", f"tag{k}", "added", "rev", per_minute=25)
+                stored.append(1)
+            except RateLimited:
+                refused.append(1)
+
+    threads = [threading.Thread(target=burst, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(stored) == 25 and len(refused) == 55 and len(store.votes(user="burst")) == 25
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("ann\u202eevil", "invisible"), ("a\u200bb", "invisible"), ("x" * 101, "longer"), ("  ", "empty"), (None, "string")],
+)
+def test_reviewer_names_are_refused_not_truncated(name, message):
+    from vse.feedback import clean_user_name
+
+    with pytest.raises(VoteError, match=message):
+        clean_user_name(name)
+    assert clean_user_name("  Ann   Lee ") == "Ann Lee" and clean_user_name("x" * 100) == "x" * 100

@@ -95,6 +95,30 @@ def test_encode_image_accepts_every_input_kind(gru_model, tmp_path):
         gru_model.encode_image(torch.zeros(3))
 
 
+def test_one_entry_per_modality_decides_the_input_kind(default_model, gru_model):
+    """embed_images / embed_texts take features, pixels, images, strings or tokens, and agree."""
+    pil = images()
+    with torch.no_grad():
+        pixels = default_model.preprocess(pil)
+        from_images = default_model.embed_images(pil)
+        torch.testing.assert_close(default_model.embed_images(pixels), from_images)
+        torch.testing.assert_close(default_model.embed_images(default_model.image_features(pixels)), from_images)
+        from_strings = default_model.embed_texts(SENTENCES)
+        tokens = default_model.tokenize(SENTENCES)
+        torch.testing.assert_close(default_model.embed_texts(tokens), from_strings)
+        features = default_model.text_features(tokens)
+        torch.testing.assert_close(default_model.embed_texts(features), from_strings, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(default_model.encode_text(features), default_model.encode_text(SENTENCES),
+                                   atol=1e-5, rtol=1e-4)  # fmt: skip
+        assert default_model.embed_texts("a clock").shape == (1, 64)
+    with pytest.raises(TypeError, match="transformer"):
+        gru_model.embed_texts(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="text features"):
+        default_model.embed_texts(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="pixels"):
+        default_model.embed_images(torch.zeros(2, 3, 4))
+
+
 def test_batching_does_not_change_results(gru_model):
     whole = gru_model.encode_text(SENTENCES, batch_size=100)
     assert torch.allclose(gru_model.encode_text(SENTENCES, batch_size=1), whole, atol=1e-6)

@@ -39,6 +39,7 @@ from training.sources import SourceError
 from training.stages import TrainingPairs, stage_one, stage_two, uses_web
 from training.suspicion import noise_aware_weights
 from vse.model import VSEModel
+from vse.suspicion import SuspicionTable
 
 log = logging.getLogger("training")
 RUN_FILES = (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old", BEST_DIR, "model", "stage1", "stage2",
@@ -153,22 +154,36 @@ def run_key(config: TrainConfig, pairs: TrainingPairs, *parts: object) -> str:
 
 def web_weights(
     model: VSEModel, pairs: TrainingPairs, config: TrainConfig, runtime: Runtime, output_dir: Path, metrics_log
-) -> None:
-    """Set the noise-aware weights of the web pairs (cross-fitted; cached by what they depend on)."""
+) -> float:
+    """Set the noise-aware weights of the web pairs (cross-fitted; cached by what they depend on).
+
+    Returns the estimated share of wrong web tags.
+    """
     key = run_key(config, pairs, dataclasses.asdict(config.web), dataclasses.asdict(config.stage1.optim),
                   config.stage1.tag_weight, config.data.web_tag_noise, config.data.web_tag_noise_kind)  # fmt: skip
-    path = output_dir / f"web_weights-{key}.npy"
+    path = output_dir / f"web_weights-{key}.npz"
     if path.is_file():
-        pairs.web.weights = np.load(path)
-        log.info("noise-aware web weights: reused %s", path.name)
-        return
+        with np.load(path) as saved:
+            pairs.web.weights = saved["weights"]
+            log.info("noise-aware web weights: reused %s", path.name)
+            return float(saved["pi0"])
     with timed("suspicion"):
         weights, reports = noise_aware_weights(model, pairs.captions, pairs.web, config, runtime)
     for report in reports:
         metrics_log.write(report.record())
     if runtime.is_main:
-        np.save(path, weights)
+        np.savez(path, weights=weights, pi0=reports[-1].pi0)
     runtime.wait()
+    return reports[-1].pi0
+
+
+def suspicion_table(pairs: TrainingPairs, sources: Sources, pi0: float) -> SuspicionTable | None:
+    """The web tags' cross-fitted P(wrong), saved with the model for the app's review queue."""
+    web = pairs.web
+    if web is None or web.weights is None or sources.web is None:
+        return None
+    ids = [sources.web.table.ids[row] for row in web.image_rows.tolist()]
+    return SuspicionTable(ids, list(web.texts), 1.0 - web.weights, pi0)
 
 
 def curriculum_order(model: VSEModel, web: PairSet, config: TrainConfig, key: str, output_dir: Path) -> np.ndarray:
@@ -229,8 +244,9 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | 
         model, runtime, output_dir, validation, metrics_log, selection, config.eval_batch_size, config.eval_every,
         config.progress, {"config": flat_config(config)}, config.stop_after_epochs, epochs_done(config, resume),
     )  # fmt: skip
+    pi0 = float("nan")
     if uses_web(config) and config.web.noise_aware:
-        web_weights(model, pairs, config, runtime, output_dir, metrics_log)
+        pi0 = web_weights(model, pairs, config, runtime, output_dir, metrics_log)
     try:
         in_stage_two = bool(resume and resume.get("stage") == "stage2")
         if config.stage1.enabled and not in_stage_two:
@@ -257,6 +273,7 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | 
         model.load_weights(selection.folder)
         log.info("selected: %s (validation rsum %.2f)", selection.best_stage, selection.best_rsum)
     verify_replicas(model, runtime, output_dir)
+    model.suspicion = suspicion_table(pairs, sources, pi0)
     return save_final_model(model, sources, config, runtime, output_dir, selection)
 
 

@@ -5,6 +5,10 @@ durable commits).  A vote is (user, time, image id, tag, verdict, model
 revision); one row per (user, image, tag), so the same vote twice is
 idempotent and a reviewer who changes their mind replaces their earlier vote.
 A vote is acknowledged only after its transaction committed.
+
+Every vote call is also logged as an event (``vote_events``), and the rate limit
+counts events, so flipping one tag back and forth is not free; the limit check
+and the insert happen in one transaction, so a burst cannot slip past it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,11 +39,20 @@ CREATE TABLE IF NOT EXISTS votes (
 );
 CREATE INDEX IF NOT EXISTS votes_by_image ON votes (image_id);
 CREATE INDEX IF NOT EXISTS votes_by_user_time ON votes (user, time);
+CREATE TABLE IF NOT EXISTS vote_events (user TEXT NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS vote_events_by_user_time ON vote_events (user, time);
 """
+# Characters that reorder or hide text: refused everywhere, so that what a
+# reviewer sees is what is stored (bidi overrides and isolates, zero-width marks).
+INVISIBLE = frozenset("\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff")
 
 
 class VoteError(ValueError):
     """A vote that cannot be stored; the message can be shown to the reviewer."""
+
+
+class RateLimited(VoteError):
+    """The reviewer cast too many votes in the last minute."""
 
 
 @dataclass(frozen=True)
@@ -52,14 +66,30 @@ class Vote:
 
 
 def _clean_field(value: str, name: str) -> str:
-    value = str(value).strip()
+    if not isinstance(value, str):
+        raise VoteError(f"the {name} must be a string, got {type(value).__name__}")
+    value = value.strip()
     if not value:
         raise VoteError(f"the {name} is empty")
     if len(value) > MAX_FIELD:
         raise VoteError(f"the {name} is longer than {MAX_FIELD} characters")
-    if any(ord(ch) < 32 for ch in value):
-        raise VoteError(f"the {name} contains control characters")
+    if any(unicodedata.category(ch) == "Cc" or ch in INVISIBLE for ch in value):
+        raise VoteError(f"the {name} contains control or invisible characters")
     return value
+
+
+def clean_user_name(value: str, max_length: int = 100) -> str:
+    """A reviewer name as stored: whitespace collapsed; refused (never truncated) when too long or unprintable."""
+    if not isinstance(value, str):
+        raise VoteError(f"the reviewer name must be a string, got {type(value).__name__}")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") or ch in INVISIBLE for ch in value):
+        raise VoteError("the reviewer name contains control or invisible characters")
+    name = " ".join(value.split())
+    if not name:
+        raise VoteError("the reviewer name is empty")
+    if len(name) > max_length:
+        raise VoteError(f"the reviewer name is longer than {max_length} characters")
+    return name
 
 
 class FeedbackStore:
@@ -87,9 +117,16 @@ class FeedbackStore:
             db = self._local.db = self._connect()
         yield db
 
-    def add_vote(self, user: str, image_id: str, tag: str, verdict: str, model_revision: str) -> Vote:
-        """Store one vote durably and return it; raises ``VoteError`` on bad input."""
-        if verdict not in VERDICTS:
+    def add_vote(
+        self, user: str, image_id: str, tag: str, verdict: str, model_revision: str, *, per_minute: int | None = None
+    ) -> Vote:
+        """Store one vote durably and return it.
+
+        Raises:
+            VoteError: bad input.
+            RateLimited: ``user`` already cast ``per_minute`` votes in the last minute.
+        """
+        if not isinstance(verdict, str) or verdict not in VERDICTS:
             raise VoteError(f"the verdict must be one of {VERDICTS}")
         normalized = normalize_tag(_clean_field(tag, "tag"))
         if not normalized:
@@ -99,8 +136,11 @@ class FeedbackStore:
             _clean_field(model_revision, "model revision"),
         )  # fmt: skip
         with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")  # the limit check and the insert see the same state
             try:
+                if per_minute is not None and self._events_since(db, vote.user, vote.time - 60) >= per_minute:
+                    raise RateLimited(f"too many votes: at most {per_minute} a minute")
+                db.execute("INSERT INTO vote_events (user, time) VALUES (?, ?)", (vote.user, vote.time))
                 db.execute(
                     "INSERT INTO votes (user, time, image_id, tag, verdict, model_revision) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (user, image_id, tag) DO UPDATE SET time = excluded.time, "
@@ -137,11 +177,21 @@ class FeedbackStore:
         with self._connection() as db:
             return {row[0] for row in db.execute(query, (user,) if user else ())}
 
+    @staticmethod
+    def _events_since(db: sqlite3.Connection, user: str, since: float) -> int:
+        row = db.execute("SELECT COUNT(*) FROM vote_events WHERE user = ? AND time > ?", (user, since))
+        return int(row.fetchone()[0])
+
     def recent_votes(self, user: str, seconds: float) -> int:
-        """How many votes ``user`` cast in the last ``seconds`` (for rate limiting)."""
+        """How many votes ``user`` cast in the last ``seconds``, every call counted (for rate limiting)."""
         with self._connection() as db:
-            row = db.execute("SELECT COUNT(*) FROM votes WHERE user = ? AND time > ?", (user, time.time() - seconds))
-            return int(row.fetchone()[0])
+            return self._events_since(db, user, time.time() - seconds)
+
+    def reviewer_counts(self) -> dict[str, int]:
+        """How many different people voted on each image."""
+        with self._connection() as db:
+            rows = db.execute("SELECT image_id, COUNT(DISTINCT user) FROM votes GROUP BY image_id")
+            return {image_id: int(count) for image_id, count in rows}
 
 
 def write_snapshot(store: FeedbackStore, folder: str | Path) -> Path:

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 # Everything a model folder may hold (glob patterns as huggingface_hub matches them).
-ALLOWED_PATTERNS = ("*.json", "*.safetensors", "*.md", "*.txt", "*.model", ".gitattributes", "*.png", "*.jpg")
+ALLOWED_PATTERNS = (
+    "*.json", "*.safetensors", "*.md", "*.txt", "*.model", ".gitattributes", "*.png", "*.jpg", "*.parquet"
+)  # fmt: skip
 # Files that can execute code when loaded, or are code.
 UNSAFE_SUFFIXES = frozenset(
     {

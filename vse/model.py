@@ -36,6 +36,7 @@ from vse.config import VSEConfig
 from vse.hub import resolve_model_dir
 from vse.images import load_image
 from vse.model_card import render_model_card
+from vse.suspicion import SUSPICION_FILE, SuspicionTable
 from vse.text import GRUTextEncoder, TransformerTextEncoder, tags_to_text
 from vse.vocab import load_vocabulary
 
@@ -125,6 +126,8 @@ class VSEModel(
         self.config = config
         self._hub_mixin_config = config
         self.metrics: dict[str, dict[str, float]] = {}
+        # P(wrong) of the web tags it was trained on, when its training estimated them.
+        self.suspicion: SuspicionTable | None = None
         folder = Path(model_dir) if model_dir is not None else None
         self.image_encoder = ImageEncoder(
             self._build_image_backbone(folder, load_image_backbone_weights), config.embed_dim
@@ -360,6 +363,10 @@ class VSEModel(
         (save_directory / BACKBONES_FILE).write_text(json.dumps(self.backbone_records(), indent=2, sort_keys=True))
         if self.metrics:
             (save_directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        if self.suspicion is not None:
+            self.suspicion.save(save_directory)
+        else:
+            (save_directory / SUSPICION_FILE).unlink(missing_ok=True)
         self.text_encoder.save_files(save_directory)
         self.image_encoder.backbone.save_architecture(save_directory / IMAGE_ARCH_DIR)
 
@@ -422,6 +429,7 @@ class VSEModel(
         model._check_backbone_fingerprints(folder)
         if (folder / METRICS_FILE).is_file():
             model.metrics = json.loads((folder / METRICS_FILE).read_text())
+        model.suspicion = SuspicionTable.load(folder)
         return model.to(map_location).eval()
 
     def load_weights(self, folder: Path) -> None:

@@ -24,7 +24,8 @@ from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
 from vse.index import SearchIndex, build_index
 from vse.model import VSEModel
-from vse.text import tags_to_text
+from vse.suspicion import TagPairs, tag_suspicion
+from vse.text import normalize_tag
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 500
@@ -87,7 +88,7 @@ class RetrievalService:
         self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
         self.image_index: SearchIndex = build_index(embeddings.images.numpy(), index_kind)
         self.caption_index: SearchIndex = build_index(embeddings.captions.numpy(), index_kind)
-        self._agreement: np.ndarray | None = None
+        self._suspicion: list[np.ndarray] | None = None
 
     @classmethod
     def load(
@@ -162,20 +163,50 @@ class RetrievalService:
         return [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
     # ------------------------------------------------------------ review queue
-    def tag_agreement(self) -> np.ndarray:
-        """(N,) cosine between each image and its tag list; NaN for images without tags."""
-        if self._agreement is None:
-            if self.embeddings.tags is None:
-                self.embeddings.tags = embed_tag_lists(self.model, self.gallery)
-            scores = np.full(len(self.gallery), np.nan, dtype=np.float32)
-            tagged = [i for i, item in enumerate(self.gallery.items) if tags_to_text(item.tags)]
-            if tagged:
-                scores[tagged] = (self.embeddings.images[tagged] * self.embeddings.tags[tagged]).sum(dim=1).numpy()
-            self._agreement = scores
-        return self._agreement
+    def tag_suspicion(self) -> list[np.ndarray]:
+        """P(wrong) of every gallery item's tags, aligned with ``item.tags`` (empty for untagged items).
+
+        Pairs the model's training scored (``VSEModel.suspicion``, cross-fitted) take
+        that estimate; the others are estimated here from the model's embeddings with
+        the same calibration (``vse.suspicion.tag_suspicion``), which judges tags the
+        model trained on too kindly, so a model without a table ranks less sharply.
+        """
+        if self._suspicion is None:
+            table = self.model.suspicion
+            normalized = [[normalize_tag(tag) for tag in item.tags] for item in self.gallery.items]
+            values = [
+                np.array(
+                    [np.nan if table is None else (table.get(item.id, t) if t else 0.0) for t in tags], dtype=float
+                )
+                for item, tags in zip(self.gallery.items, normalized, strict=True)
+            ]
+            if any(np.isnan(v).any() for v in values):
+                live = self._live_suspicion(normalized)
+                values = [np.where(np.isnan(v), w, v) for v, w in zip(values, live, strict=True)]
+            self._suspicion = values
+        return self._suspicion
+
+    def _live_suspicion(self, normalized: list[list[str]]) -> list[np.ndarray]:
+        lists = [[t for t in tags if t] for tags in normalized]
+        pairs, vocabulary = TagPairs.from_lists(lists)
+        out = [np.zeros(len(tags)) for tags in normalized]
+        if len(pairs) < 2:
+            return out
+        tag_emb = self.model.encode_text(vocabulary, batch_size=256)
+        probability, _ = tag_suspicion(self.embeddings.images, tag_emb, pairs)
+        lookup = {
+            (int(i), vocabulary[int(t)]): float(p) for i, t, p in zip(pairs.image, pairs.tag, probability, strict=True)
+        }
+        for row, tags in enumerate(normalized):
+            out[row] = np.array([lookup.get((row, t), 0.0) for t in tags])
+        return out
+
+    def expected_wrong(self) -> np.ndarray:
+        """(N,) expected number of wrong tags of each image (NaN when it has no tags)."""
+        return np.array([v.sum() if len(v) else np.nan for v in self.tag_suspicion()])
 
     def review_queue(self) -> list[int]:
-        """Tagged images, least model agreement with their tags first (most suspicious)."""
-        scores = self.tag_agreement()
-        tagged = np.nonzero(~np.isnan(scores))[0]
-        return tagged[np.argsort(scores[tagged], kind="stable")].tolist()
+        """Tagged images, most expected wrong tags first: a review there fixes the most."""
+        expected = self.expected_wrong()
+        tagged = np.nonzero(~np.isnan(expected))[0]
+        return tagged[np.argsort(-expected[tagged], kind="stable")].tolist()

@@ -35,6 +35,7 @@ Northcutt et al., JAIR 2021).  Everything here is pure NumPy/PyTorch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -227,3 +228,79 @@ def tag_suspicion(
     null = tag_evidence(image_emb, tag_emb, pairs, null_tags(pairs, seed))
     calibration = fit_calibration(observed, null)
     return calibration.probability(observed), calibration
+
+
+SUSPICION_FILE = "tag_suspicion.parquet"
+
+
+@dataclass
+class SuspicionTable:
+    """P(wrong) of the web tags a model was trained on, as its training estimated them.
+
+    Saved in the model folder (``tag_suspicion.parquet``: image_id, tag, p_wrong)
+    so that the app's review queue ranks the very pairs the model trained on by
+    the cross-fitted estimate, not by the model's own (overfitted) agreement.
+    Tags are normalised (``vse.text.normalize_tag``).
+    """
+
+    image_ids: list[str]
+    tags: list[str]
+    p_wrong: np.ndarray  # (P,) float
+    pi0: float = float("nan")  # the estimated share of wrong tags
+
+    def __post_init__(self) -> None:
+        self.p_wrong = np.asarray(self.p_wrong, dtype=np.float32)
+        if not len(self.image_ids) == len(self.tags) == len(self.p_wrong):
+            raise ValueError("image_ids, tags and p_wrong must have the same length")
+        if len(self.p_wrong) and (
+            not np.isfinite(self.p_wrong).all() or self.p_wrong.min() < 0 or self.p_wrong.max() > 1
+        ):
+            raise ValueError("p_wrong must hold probabilities in [0, 1]")
+        self._lookup: dict[tuple[str, str], float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def get(self, image_id: str, tag: str) -> float | None:
+        if self._lookup is None:
+            self._lookup = dict(zip(zip(self.image_ids, self.tags, strict=True), self.p_wrong.tolist(), strict=True))
+        return self._lookup.get((image_id, tag))
+
+    def image_ids_covered(self) -> set[str]:
+        return set(self.image_ids)
+
+    def save(self, folder: str | Path) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(
+            {
+                "image_id": pa.array(self.image_ids, pa.string()),
+                "tag": pa.array(self.tags, pa.string()),
+                "p_wrong": pa.array(self.p_wrong, pa.float32()),
+            },  # fmt: skip
+            metadata={"pi0": str(self.pi0)},
+        )
+        path = Path(folder) / SUSPICION_FILE
+        pq.write_table(table, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SuspicionTable | None:
+        """The table saved in a model folder, or None when it has none."""
+        import pyarrow.parquet as pq
+
+        path = Path(folder) / SUSPICION_FILE
+        if not path.is_file():
+            return None
+        try:
+            table = pq.read_table(path, columns=["image_id", "tag", "p_wrong"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{path} is not a tag suspicion table: {err}") from err
+        metadata = table.schema.metadata or {}
+        return cls(
+            table.column("image_id").to_pylist(),
+            table.column("tag").to_pylist(),
+            table.column("p_wrong").to_numpy(zero_copy_only=False),
+            float(metadata.get(b"pi0", b"nan")),
+        )
