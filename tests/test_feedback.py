@@ -130,7 +130,13 @@ def test_rate_limit_counts_events_in_the_same_transaction(store):
 
 @pytest.mark.parametrize(
     "name, message",
-    [("ann\u202eevil", "invisible"), ("a\u200bb", "invisible"), ("x" * 101, "longer"), ("  ", "empty"), (None, "string")],
+    [
+        ("ann\u202eevil", "invisible"),
+        ("a\u200bb", "invisible"),
+        ("x" * 101, "longer"),
+        ("  ", "empty"),
+        (None, "string"),
+    ],
 )
 def test_reviewer_names_are_refused_not_truncated(name, message):
     from vse.feedback import clean_user_name

@@ -258,3 +258,61 @@ def test_streamed_web_source_and_fine_tuned_backbone(shapes, tmp_path, tiny_vit)
     ]
     assert any(changed)  # the backbone itself was trained and saved
     assert [r for r in read_log(output) if r["stage"] == "stage2"][0]["pairs"]["web_tags"] > 0
+
+
+def test_close_the_loop_in_one_command(shapes, tmp_path, capsys):
+    """Votes -> export -> retrain -> evaluate: the corrected tags change the training pairs and the model."""
+    from training import close_loop
+    from training.pairs import web_tag_pairs
+    from training.pipeline import attach_images, build_model, read_sources
+    from training.runtime import Runtime
+    from vse.feedback import FeedbackStore
+
+    recipe = ["--stage2.enabled=false", "--stage1.include_web=true", "--web.unit=tags", "--web.noise_aware=true",
+              "--web.suspicion_steps=20", "--stage1.loss.kind=infonce", "--stage1.optim.epochs=4",
+              "--web.batch_size=16"]  # fmt: skip
+    before = tmp_path / "before"
+    assert train_main(train_args(shapes, before, tmp_path / "cache", *recipe)) == 0
+    served = VSEModel.from_pretrained(before / "model")
+    assert served.suspicion is not None and len(served.suspicion) > 0  # the queue's ranking comes with the model
+    web = [json.loads(line) for line in (shapes / "web" / "train" / "metadata.jsonl").read_text().splitlines()]
+    store = FeedbackStore(tmp_path / "votes.db")
+    noisy = [row for row in web if len(row["tags"]) > 3][:4]
+    for reviewer in ("ann", "bob"):
+        for row in noisy:
+            for tag in row["tags"]:
+                verdict = "wrong" if tag in row["tags"][2:] else "right"
+                store.add_vote(reviewer, row["id"], tag, verdict, "rev-before")
+        store.add_vote(reviewer, web[0]["id"], "shiny", "added", "rev-before")
+    args = ["--db", str(store.path), "--config", str(ROOT / "configs" / "offline_default.yaml"),
+            "--output-dir", str(tmp_path / "after"), "--previous", str(before / "model"),
+            *train_args(shapes, tmp_path / "after", tmp_path / "cache", *recipe)[:-1]]  # fmt: skip
+    assert close_loop.main([a for a in args if not a.startswith("--output_dir")]) == 0
+    out = capsys.readouterr().out
+    removed = sum(len(row["tags"][2:]) for row in noisy)
+    assert f"{removed} tags removed, 1 added" in out and "previous" in out
+    after = VSEModel.from_pretrained(tmp_path / "after" / "model")
+    record = after.metrics["corrections"]
+    assert record["reviewers"] == 2 and record["votes"] == store.count() and record["queue_models"] == {
+        "rev-before": store.count()}  # fmt: skip
+    assert record["removed"] == removed and record["confirmed"] == 2 * len(noisy) and record["images"] == len(noisy) + 1
+    card = (tmp_path / "after" / "model" / "README.md").read_text()
+    assert record["fingerprint"][:16] in card and f"{removed} tags removed" in card
+    # The corrected tags are what the retrained model's pairs hold: rejected tags gone, confirmed ones fixed.
+    config = load_config(TrainConfig, None, train_args(shapes, tmp_path / "x", tmp_path / "cache", *recipe,
+                                                       f"--data.corrections={tmp_path / 'after' / 'corrections'}"))  # fmt: skip
+    sources = read_sources(config)
+    attach_images(build_model(config, sources), sources, config, Runtime())
+    pairs = web_tag_pairs(sources.web, sources.corrections, unit="tags")
+    by_image = {}
+    for row, text, fixed in zip(pairs.image_rows.tolist(), pairs.texts, pairs.fixed.tolist(), strict=True):
+        by_image.setdefault(sources.web.table.ids[row], []).append((text, fixed))
+    for row in noisy:
+        assert by_image[row["id"]] == [(tag, True) for tag in row["tags"][:2]]
+    assert ("shiny", True) in by_image[web[0]["id"]]
+    assert after.suspicion.get(noisy[0]["id"], noisy[0]["tags"][0]) == 0.0  # confirmed: never suspected
+    assert after.suspicion.get(noisy[0]["id"], noisy[0]["tags"][2]) is None  # removed
+    changed = [
+        not torch.equal(a, b) for a, b in zip(served.state_dict().values(), after.state_dict().values(), strict=True)
+    ]
+    assert any(changed)

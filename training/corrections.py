@@ -21,6 +21,9 @@ stage one): every web image's tag list loses its ``wrong`` tags and gains its
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from vse.text import normalize_tag
 
 VERDICTS = ("wrong", "right", "added")
 COLUMNS = ("image_id", "tag", "verdict", "votes", "total_votes")
+PROVENANCE_FILE = "provenance.json"  # written beside the table by the export
 
 
 def corrections_features():
@@ -46,9 +50,25 @@ def corrections_features():
 
 @dataclass
 class Corrections:
-    """Verdicts by image id, then by normalised tag."""
+    """Verdicts by image id, then by normalised tag; where they came from."""
 
     by_image: dict[str, dict[str, str]] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # votes, reviewers, reviewed images, queue models (the export's)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the verdicts, independent of row order (what a model trained with them records)."""
+        digest = hashlib.sha256()
+        for image_id in sorted(self.by_image):
+            for tag, verdict in sorted(self.by_image[image_id].items()):
+                digest.update(f"{image_id}\x00{tag}\x00{verdict}\x01".encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+
+    def summary(self) -> dict:
+        """Fingerprint, verdict counts and provenance, for the model card and metrics.json."""
+        counts = collections.Counter(v for verdicts in self.by_image.values() for v in verdicts.values())
+        return {"fingerprint": self.fingerprint, "images": len(self.by_image), "verdicts": dict(sorted(counts.items())),
+                **self.provenance}  # fmt: skip
 
     @classmethod
     def from_rows(cls, rows) -> Corrections:
@@ -106,4 +126,26 @@ def load_corrections(source: str | None) -> Corrections:
     missing = [c for c in ("image_id", "tag", "verdict") if c not in table.column_names]
     if missing:
         raise ValueError(f"the corrections table {source} lacks columns {missing}; it has {table.column_names}")
-    return Corrections.from_rows(table)
+    corrections = Corrections.from_rows(table)
+    if path.is_dir() and (path / PROVENANCE_FILE).is_file():
+        corrections.provenance = json.loads((path / PROVENANCE_FILE).read_text())
+    return corrections
+
+
+def applied_counts(ids: list[str], tag_lists: list[list[str]], corrections: Corrections) -> dict[str, int]:
+    """What the verdicts change in a web source: tags removed, added and confirmed, on how many of its images."""
+    counts = collections.Counter()
+    for image_id, tags in zip(ids, tag_lists, strict=True):
+        verdicts = corrections.by_image.get(image_id)
+        if not verdicts:
+            continue
+        counts["images"] += 1
+        present = {normalize_tag(tag) for tag in tags}
+        for tag, verdict in verdicts.items():
+            if verdict == "wrong" and tag in present:
+                counts["removed"] += 1
+            elif verdict == "right" and tag in present:
+                counts["confirmed"] += 1
+            elif verdict == "added" and tag not in present:
+                counts["added"] += 1
+    return {key: counts[key] for key in ("images", "removed", "added", "confirmed")}

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
+import json
 import shutil
 import sys
 from pathlib import Path
 
-from training.corrections import corrections_features
+from training.corrections import PROVENANCE_FILE, corrections_features
 from vse.feedback import FeedbackStore, Vote
 
 TIE_ORDER = {"right": 0, "added": 1, "wrong": 2}  # lower wins a tie
@@ -39,14 +41,26 @@ def majority_table(votes: list[Vote]) -> list[dict]:
     return rows
 
 
+def provenance(votes: list[Vote]) -> dict:
+    """Where a corrections table came from: how many votes, reviewers and images, which models ranked the queue."""
+    return {
+        "votes": len(votes),
+        "reviewers": len({vote.user for vote in votes}),
+        "reviewed_images": len({vote.image_id for vote in votes}),
+        "queue_models": dict(sorted(collections.Counter(vote.model_revision for vote in votes).items())),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def export(db_path: str | Path, out: str | Path, push_repo: str | None = None, private: bool = False) -> int:
-    """Write the corrections table atomically; returns its number of rows."""
+    """Write the corrections table (and its ``provenance.json``) atomically; returns its number of rows."""
     import datasets
 
     db_path = Path(db_path)
     if not db_path.is_file():
         raise FileNotFoundError(f"no votes database at {db_path}")
-    rows = majority_table(FeedbackStore(db_path).votes())
+    votes = FeedbackStore(db_path).votes()
+    rows = majority_table(votes)
     table = datasets.Dataset.from_list(rows, features=corrections_features()) if rows else datasets.Dataset.from_dict(
         {name: [] for name in corrections_features()}, features=corrections_features()
     )  # fmt: skip
@@ -54,13 +68,18 @@ def export(db_path: str | Path, out: str | Path, push_repo: str | None = None, p
     temporary, previous = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     shutil.rmtree(temporary, ignore_errors=True)
     table.save_to_disk(str(temporary))
+    (temporary / PROVENANCE_FILE).write_text(json.dumps(provenance(votes), indent=2, sort_keys=True))
     shutil.rmtree(previous, ignore_errors=True)
     if out.exists():
         out.rename(previous)
     temporary.rename(out)
     shutil.rmtree(previous, ignore_errors=True)
     if push_repo:
+        from huggingface_hub import HfApi
+
         table.push_to_hub(push_repo, private=private)
+        HfApi().upload_file(path_or_fileobj=str(out / PROVENANCE_FILE), path_in_repo=PROVENANCE_FILE,
+                            repo_id=push_repo, repo_type="dataset")  # fmt: skip
     return len(rows)
 
 

@@ -30,6 +30,7 @@ from training.cache import cache_key, texts_digest
 from training.checkpoint import CHECKPOINT_DIR, MetricsLog, read_checkpoint_state
 from training.config import RUNTIME_KEYS, TrainConfig
 from training.configuration import ConfigError, load_config
+from training.corrections import applied_counts
 from training.curriculum import easy_to_hard, pair_agreement
 from training.loop import BEST_DIR, Interrupted, RunSelection, StageContext, evaluate, run_stage
 from training.pairs import PairSet, caption_pairs, eval_set, pseudo_tag_pairs, web_tag_pairs
@@ -177,6 +178,20 @@ def web_weights(
     return reports[-1].pi0
 
 
+def corrections_record(sources: Sources, metrics_log: MetricsLog) -> dict | None:
+    """The human corrections this run trains with: fingerprint, provenance, tags removed/added/confirmed."""
+    if not len(sources.corrections) or sources.web is None:
+        return None
+    table = sources.web.table
+    record = {**sources.corrections.summary(), **applied_counts(table.ids, table.texts, sources.corrections)}
+    log.info(
+        "corrections on %d web images: %d tags removed, %d added, %d confirmed", record["images"], record["removed"],
+        record["added"], record["confirmed"],
+    )  # fmt: skip
+    metrics_log.write({"stage": "corrections", **record})
+    return record
+
+
 def suspicion_table(pairs: TrainingPairs, sources: Sources, pi0: float) -> SuspicionTable | None:
     """The web tags' cross-fitted P(wrong), saved with the model for the app's review queue."""
     web = pairs.web
@@ -244,6 +259,7 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | 
         model, runtime, output_dir, validation, metrics_log, selection, config.eval_batch_size, config.eval_every,
         config.progress, {"config": flat_config(config)}, config.stop_after_epochs, epochs_done(config, resume),
     )  # fmt: skip
+    corrections = corrections_record(sources, metrics_log)
     pi0 = float("nan")
     if uses_web(config) and config.web.noise_aware:
         pi0 = web_weights(model, pairs, config, runtime, output_dir, metrics_log)
@@ -274,7 +290,7 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | 
         log.info("selected: %s (validation rsum %.2f)", selection.best_stage, selection.best_rsum)
     verify_replicas(model, runtime, output_dir)
     model.suspicion = suspicion_table(pairs, sources, pi0)
-    return save_final_model(model, sources, config, runtime, output_dir, selection)
+    return save_final_model(model, sources, config, runtime, output_dir, selection, corrections)
 
 
 def epochs_done(config: TrainConfig, resume: dict | None) -> int:
@@ -312,7 +328,13 @@ def verify_replicas(model: VSEModel, runtime: Runtime, output_dir: Path) -> None
 
 
 def save_final_model(
-    model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime, output_dir: Path, selection: RunSelection
+    model: VSEModel,
+    sources: Sources,
+    config: TrainConfig,
+    runtime: Runtime,
+    output_dir: Path,
+    selection: RunSelection,
+    corrections: dict | None = None,
 ) -> Path:
     model.metrics = final_metrics(model, sources, config, runtime)
     model.config.extra = {
@@ -321,11 +343,15 @@ def save_final_model(
         "training": {k: v for k, v in dataclasses.asdict(config).items() if k != "model"},
         "selected_stage": selection.best_stage,
     }
+    if corrections is not None:
+        model.metrics["corrections"] = corrections
+        model.config.extra["corrections"] = corrections
     folder = output_dir / "model"
     if runtime.is_main:
         model.save_pretrained(folder)
-        for split, values in model.metrics.items():
-            log.info("%s: %s", split, ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+        for split in ("validation", "test"):
+            if split in model.metrics:
+                log.info("%s: %s", split, ", ".join(f"{k} {v:.2f}" for k, v in model.metrics[split].items()))
     runtime.wait()
     return folder
 

@@ -38,6 +38,7 @@ def _escape_cell(value: Any) -> str:
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """A Markdown table: one row per evaluation split, one column per metric."""
+    metrics = {split: values for split, values in metrics.items() if "rsum" in values}
     if not metrics:
         return "No evaluation was recorded for this checkpoint."
     keys = [k for k in METRIC_ORDER if any(k in m for m in metrics.values())]
@@ -60,6 +61,24 @@ def datasets_section(config: VSEConfig) -> str:
         else:
             lines.append(f"- `{_escape_cell(entry)}`")
     return "\n".join(lines)
+
+
+def corrections_section(config: VSEConfig) -> str:
+    """What human review contributed: the corrections table's fingerprint, votes, reviewers, changes."""
+    record = config.extra.get("corrections")
+    if not record:
+        return "None: trained on the web tags as collected."
+    verdicts = ", ".join(f"{k} {v}" for k, v in (record.get("verdicts") or {}).items())
+    models = ", ".join(f"`{str(k)[:12]}` ({v} votes)" for k, v in (record.get("queue_models") or {}).items())
+    return "\n".join(
+        [
+            f"- corrections table: `{_escape_cell(record.get('fingerprint', ''))[:16]}` ({verdicts})",
+            f"- votes: {record.get('votes', '?')} by {record.get('reviewers', '?')} reviewers on "
+            f"{record.get('reviewed_images', '?')} images; review queue ranked by {models or 'unknown'}",
+            f"- applied to the web data: {record.get('removed', 0)} tags removed, {record.get('added', 0)} added, "
+            f"{record.get('confirmed', 0)} confirmed on {record.get('images', 0)} images",
+        ]
+    )
 
 
 def render_model_card(card_yaml: str, config: VSEConfig, metrics: dict[str, dict[str, float]], **kwargs: Any) -> str:
@@ -91,6 +110,10 @@ Recall@K in percent, median/mean rank, rsum = sum of the six recalls.
 ## Training data
 
 {datasets_section(config)}
+
+## Human corrections
+
+{corrections_section(config)}
 
 ## Usage
 
