@@ -33,11 +33,12 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, start_backup
+from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name
 from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
 from vse.retrieval import QueryError, RetrievalService
 from vse.text import normalize_tag
+from vse.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 
 DEFAULT_MODEL = "assets/model"
 DEFAULT_GALLERY = "assets/gallery"
@@ -51,13 +52,23 @@ VOTES_PER_MINUTE = int(os.environ.get("VSE_VOTES_PER_MINUTE", "120"))
 # (3 for majority voting over three reviewers).
 REVIEWS_PER_IMAGE = int(os.environ.get("VSE_REVIEWS_PER_IMAGE", "1"))
 SUGGEST_WRONG = 0.5  # tags at least this likely wrong are shown ticked (the suggested verdict)
-# On a Space, a dataset repo that receives a snapshot of the raw votes every 10 minutes.
+MAX_TAGS_PER_REVIEW = 200
+# Where votes are backed up (vse/vote_backup.py): a Hub dataset repo id, or a local folder.
 BACKUP_REPO = os.environ.get("VSE_FEEDBACK_REPO")
+BACKUP_SECONDS = float(os.environ.get("VSE_BACKUP_SECONDS", "60"))  # a kill loses at most this much
 # OAuth exists only on a Space with `hf_oauth: true`; locally reviewers type a name.
 OAUTH_ENABLED = bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 log = logging.getLogger("app")
 IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif"}
+
+
+def backup_files(target: str) -> HubFiles:
+    """A local folder (``file://...``, an absolute path or an existing folder), else a Hub dataset repo id."""
+    path = Path(target.removeprefix("file://"))
+    if target.startswith("file://") or path.is_absolute() or path.is_dir():
+        return FolderFiles(path)
+    return HubDatasetFiles(target)
 
 
 def image_suffix(data: bytes) -> str | None:
@@ -76,13 +87,17 @@ class AppConfig:
     index: str = "auto"  # faiss index kind, see vse.index
     votes_per_minute: int = VOTES_PER_MINUTE
     reviews_per_image: int = REVIEWS_PER_IMAGE
+    backup: str | None = BACKUP_REPO  # Hub dataset repo id or folder the votes are backed up to
+    backup_seconds: float = BACKUP_SECONDS
 
 
 class VSEApp:
     """Typed handlers over a retrieval service and a feedback store."""
 
-    def __init__(self, service: RetrievalService, store: FeedbackStore, config: AppConfig):
-        self.service, self.store, self.config = service, store, config
+    def __init__(
+        self, service: RetrievalService, store: FeedbackStore, config: AppConfig, backup: VoteBackup | None = None
+    ):
+        self.service, self.store, self.config, self.backup = service, store, config, backup
         self.queue = service.review_queue()
         self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
         self.thumbnail_dir.mkdir(parents=True, exist_ok=True)
@@ -94,10 +109,16 @@ class VSEApp:
     def create(cls, config: AppConfig) -> VSEApp:
         service = RetrievalService.load(config.model, config.gallery, config.data_dir, config.index)
         store = FeedbackStore(os.path.join(config.data_dir, "votes.db"))
-        if BACKUP_REPO:
-            start_backup(store, BACKUP_REPO)
-            log.info("votes are backed up to the Hub dataset %s", BACKUP_REPO)
-        return cls(service, store, config)
+        backup = None
+        if config.backup:  # restores every backed-up vote before the app serves anyone
+            backup = VoteBackup(store, backup_files(config.backup), every_seconds=config.backup_seconds).start()
+            log.info("votes are backed up to %s every %.0f s", config.backup, config.backup_seconds)
+        return cls(service, store, config, backup)
+
+    def close(self) -> None:
+        """Upload the votes not backed up yet (a clean shutdown)."""
+        if self.backup is not None:
+            self.backup.stop()
 
     # ------------------------------------------------------------ search tab
     def thumbnail_file(self, index: int) -> str:
@@ -179,15 +200,21 @@ class VSEApp:
         except VoteError as err:
             raise gr.Error(f"Reviewer name: {err}.") from None
 
-    def _vote(self, user: str, item: GalleryItem, tag: object, verdict: object) -> None:
-        """Store one vote; refuses a verdict on a tag the image does not have, and bursts."""
+    @staticmethod
+    def checked_verdict(item: GalleryItem, tag: object, verdict: object) -> str:
+        """The verdict to store for ``tag`` of ``item``; refuses what cannot mean anything."""
+        if verdict not in ("wrong", "right", "added"):
+            raise gr.Error("The verdict must be wrong, right or added.")
         if not isinstance(tag, str) or not normalize_tag(tag):
             raise gr.Error("The tag must be a non-empty string.")
         has_tag = normalize_tag(tag) in {normalize_tag(t) for t in item.tags}
         if verdict in ("wrong", "right") and not has_tag:
             raise gr.Error(f"Image {item.id!r} has no tag {tag!r}: only its own tags can be judged wrong or right.")
-        if verdict == "added" and has_tag:
-            verdict = "right"  # adding a tag it already has confirms it
+        return "right" if verdict == "added" and has_tag else verdict  # adding a tag it has confirms it
+
+    def _vote(self, user: str, item: GalleryItem, tag: object, verdict: object) -> None:
+        """Store one vote; refuses a verdict on a tag the image does not have, and bursts."""
+        verdict = self.checked_verdict(item, tag, verdict)
         try:
             self.store.add_vote(
                 user, item.id, tag, verdict, self.service.revision, per_minute=self.config.votes_per_minute
@@ -313,16 +340,44 @@ class VSEApp:
         return (position, *view, view[3]["value"], *controls)
 
     # ------------------------------------------------------------ API
+    def gallery_item(self, image_id: object) -> GalleryItem:
+        if not isinstance(image_id, str) or image_id not in self.service.gallery.position:
+            raise gr.Error(f"Unknown image id {image_id!r}.")
+        return self.service.gallery.items[self.service.gallery.position[image_id]]
+
     def vote_api(
         self, image_id: str, tag: str, verdict: str, reviewer: str, profile: gr.OAuthProfile | None = None
     ) -> str:
         """Store one vote (verdict: wrong, right or added); returns the counter."""
         user = self.reviewer(reviewer, profile)
-        if not isinstance(image_id, str) or image_id not in self.service.gallery.position:
-            raise gr.Error(f"Unknown image id {image_id!r}.")
-        if verdict not in ("wrong", "right", "added"):
-            raise gr.Error("The verdict must be wrong, right or added.")
-        self._vote(user, self.service.gallery.items[self.service.gallery.position[image_id]], tag, verdict)
+        self._vote(user, self.gallery_item(image_id), tag, verdict)
+        return self.counter(user)
+
+    def review_api(
+        self,
+        image_id: str,
+        wrong: list[str],
+        right: list[str],
+        added: list[str],
+        reviewer: str,
+        profile: gr.OAuthProfile | None = None,
+    ) -> str:
+        """Store one image's whole review: its tags judged wrong and right, and missing tags added.
+
+        Everything is checked before anything is stored, so a bad tag stores nothing.
+        """
+        user = self.reviewer(reviewer, profile)
+        item = self.gallery_item(image_id)
+        votes = []
+        for verdict, tags in (("wrong", wrong), ("right", right), ("added", added)):
+            tags = [] if tags is None else tags
+            if not isinstance(tags, list) or len(tags) > MAX_TAGS_PER_REVIEW:
+                raise gr.Error(f"{verdict} must be a list of at most {MAX_TAGS_PER_REVIEW} tags.")
+            votes += [(tag, self.checked_verdict(item, tag, verdict)) for tag in tags]
+        if not votes:
+            raise gr.Error("A review needs at least one tag.")
+        for tag, verdict in votes:
+            self._vote(user, item, tag, verdict)
         return self.counter(user)
 
     def review_next_api(self, reviewer: str, profile: gr.OAuthProfile | None = None) -> dict:
@@ -471,6 +526,7 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             demo.load(None, js=REVIEW_KEYS_JS)
         gr.api(app.vote_api, api_name="vote")
         gr.api(app.review_next_api, api_name="review_next")
+        gr.api(app.review_api, api_name="review")
         gr.api(ping, api_name="ping")
     return demo
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import tempfile
 import threading
@@ -24,7 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine_line, markdown_table, percentile_ms, run_to_completion, write_section
+from benchmarks.common import (
+    GradioHTTPClient,
+    machine_line,
+    markdown_table,
+    percentile_ms,
+    run_to_completion,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,36 +65,6 @@ def scaled_service(size: int):
     embeddings = GalleryEmbeddings(images, captions, base_emb.digest, gallery.fingerprint, base_emb.tags[rows])
     model = VSEModel.from_pretrained(ROOT / "assets" / "model")
     return RetrievalService(model, base_emb.digest, gallery, embeddings)
-
-
-class GradioHTTPClient:
-    """Gradio's documented HTTP API (what curl uses): POST the inputs, then read the event stream.
-
-    The server pushes the result down the open stream as soon as it exists, so no
-    polling interval is added (``gradio_client`` checks its message queue every 50 ms).
-    """
-
-    def __init__(self, url: str):
-        import httpx
-
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(timeout=60)
-
-    def predict(self, *data, api_name: str):
-        name = api_name.strip("/")
-        response = self.http.post(f"{self.url}/gradio_api/call/{name}", json={"data": list(data)})
-        response.raise_for_status()
-        event_id = response.json()["event_id"]
-        event = None
-        with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    if event == "error":
-                        raise RuntimeError(f"{api_name} failed: {line}")
-                    return json.loads(line.removeprefix("data:"))
-        raise RuntimeError(f"{api_name}: the stream ended without a result")
 
 
 def make_client(url: str, kind: str, download: bool):

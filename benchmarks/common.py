@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -91,6 +93,43 @@ def machine_line() -> str:
     import os
 
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    """A free loopback port for an app the benchmark starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GradioHTTPClient:
+    """Gradio's documented HTTP API (what curl uses): POST the inputs, then read the event stream.
+
+    The server pushes the result down the open stream as soon as it exists, so no
+    polling interval is added (``gradio_client`` checks its message queue every 50 ms).
+    """
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(timeout=60)
+
+    def predict(self, *data, api_name: str):
+        name = api_name.strip("/")
+        response = self.http.post(f"{self.url}/gradio_api/call/{name}", json={"data": list(data)})
+        response.raise_for_status()
+        event_id = response.json()["event_id"]
+        event = None
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    if event == "error":
+                        raise RuntimeError(f"{api_name} failed: {line}")
+                    return json.loads(line.removeprefix("data:"))
+        raise RuntimeError(f"{api_name}: the stream ended without a result")
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

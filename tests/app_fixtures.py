@@ -31,3 +31,4 @@ def running_app(data_dir: Path, **config):
         yield f"http://127.0.0.1:{port}/", app
     finally:
         demo.close()
+        app.close()

@@ -263,3 +263,19 @@ def test_review_controls_are_read_only_until_sign_in(served, monkeypatch):
     profile = gr.OAuthProfile({"name": "Ann", "preferred_username": "ann-hub", "profile": "", "picture": ""})
     *_, wrong, add, next_, skip = app.open_review(0, "", profile)
     assert [c["interactive"] for c in (wrong, add, next_, skip)] == [True] * 4
+
+
+def test_votes_survive_an_app_restart_on_an_empty_disk(tmp_path):
+    """The path a Space takes: vote through the API, shut down, start again with a new disk, find the votes."""
+    from gradio_client import Client
+
+    repo = tmp_path / "backup-repo"  # stands in for the Hub dataset repo (vse.vote_backup.FolderFiles)
+    with running_app(tmp_path / "disk-1", backup=str(repo)) as (url, app):
+        item = app.service.gallery.items[app.queue[0]]
+        Client(url, verbose=False).predict(item.id, item.tags[0], "wrong", "restart-tester", api_name="/vote")
+    assert (repo / "votes").is_dir()
+    with running_app(tmp_path / "disk-2", backup=str(repo)) as (url, app):
+        assert [(v.user, v.image_id, v.verdict) for v in app.store.votes()] == [("restart-tester", item.id, "wrong")]
+        Client(url, verbose=False).predict(item.id, item.tags[0], "right", "restart-tester", api_name="/vote")
+    with running_app(tmp_path / "disk-3", backup=str(repo)) as (url, app):
+        assert [v.verdict for v in app.store.votes()] == ["right"]  # the latest vote of both runs

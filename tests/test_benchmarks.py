@@ -37,3 +37,22 @@ def test_benchmark_runs_and_prints_its_table(module, argv, capsys):
     printed = capsys.readouterr().out
     assert "error:" not in printed
     assert docs_digest() == before  # --no-report leaves the recorded figures alone
+
+
+@pytest.mark.slow
+def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
+    """Noise, model 0, the app's queue and random arms through its API, export, retrain: all of it, tiny."""
+    from benchmarks import feedback_loop
+    from tests.data_factory import make_shapes_dataset
+
+    make_shapes_dataset(tmp_path / "data" / "shapes")
+    before = docs_digest()
+    argv = ["--corpus", "shapes", "--seeds", "1", "--fractions", "0.1", "--data-root", str(tmp_path / "data"),
+            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--no-report", "--",
+            "--stage1.optim.epochs=2", "--stage1.optim.steps_per_epoch=5", "--web.suspicion_steps=5"]  # fmt: skip
+    assert feedback_loop.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "## shapes" in printed and "queue / random" in printed and "majority of three" in printed
+    assert docs_digest() == before
+    result = (tmp_path / "work" / "shapes" / "seed0" / "majority10" / "result.json").read_text()
+    assert '"reviewers": 3' in result

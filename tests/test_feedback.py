@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from training.corrections import load_corrections
 from training.feedback import export, majority_table
 from training.feedback import main as feedback_main
-from vse.feedback import FeedbackStore, Vote, VoteError, write_snapshot
+from vse.feedback import FeedbackStore, Vote, VoteError
 
 
 @pytest.fixture()
@@ -90,13 +88,6 @@ def test_export_is_read_by_training_and_atomic(store, tmp_path, monkeypatch):
         export(store.path, out)
     assert load_corrections(str(out)).by_image == corrections.by_image
     assert feedback_main(["export", "--db", str(tmp_path / "none.db"), "--out", str(out)]) == 2
-
-
-def test_snapshot_for_backups(store, tmp_path):
-    store.add_vote("ann", "img1", "hash", "wrong", "rev")
-    path = write_snapshot(store, tmp_path / "backup")
-    [line] = path.read_text().splitlines()
-    assert json.loads(line)["tag"] == "hash"
 
 
 def test_rate_limit_counts_events_in_the_same_transaction(store):

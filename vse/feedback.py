@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +100,8 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        # Called with each vote that changed the database, after its commit (e.g. the Hub backup's journal).
+        self.listeners: list[Callable[[Vote], None]] = []
         with self._connection() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -141,18 +143,53 @@ class FeedbackStore:
                 if per_minute is not None and self._events_since(db, vote.user, vote.time - 60) >= per_minute:
                     raise RateLimited(f"too many votes: at most {per_minute} a minute")
                 db.execute("INSERT INTO vote_events (user, time) VALUES (?, ?)", (vote.user, vote.time))
-                db.execute(
+                changed = db.execute(
                     "INSERT INTO votes (user, time, image_id, tag, verdict, model_revision) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (user, image_id, tag) DO UPDATE SET time = excluded.time, "
                     "verdict = excluded.verdict, model_revision = excluded.model_revision "
                     "WHERE votes.verdict != excluded.verdict",
                     (vote.user, vote.time, vote.image_id, vote.tag, vote.verdict, vote.model_revision),
-                )
+                ).rowcount
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        if changed:
+            for listener in self.listeners:
+                listener(vote)
         return vote
+
+    def merge(self, votes: Iterable[Vote]) -> int:
+        """Merge votes from elsewhere (a backup): each (user, image, tag) keeps its latest vote.
+
+        Idempotent; malformed votes are skipped.  Returns how many rows changed.
+        """
+        rows = []
+        for vote in votes:
+            try:
+                if vote.verdict not in VERDICTS or not isinstance(vote.time, (int, float)):
+                    raise VoteError("bad verdict or time")
+                rows.append((_clean_field(vote.user, "user name"), float(vote.time), _clean_field(vote.image_id, "image id"),
+                             normalize_tag(_clean_field(vote.tag, "tag")), vote.verdict,
+                             _clean_field(vote.model_revision, "model revision")))  # fmt: skip
+            except VoteError:
+                continue
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.executemany(
+                    "INSERT INTO votes (user, time, image_id, tag, verdict, model_revision) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user, image_id, tag) DO UPDATE SET time = excluded.time, verdict = excluded.verdict, "
+                    "model_revision = excluded.model_revision WHERE excluded.time > votes.time",
+                    rows,
+                )
+                changed = db.total_changes - before
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return changed
 
     def votes(self, image_id: str | None = None, user: str | None = None) -> list[Vote]:
         query, args = "SELECT user, time, image_id, tag, verdict, model_revision FROM votes", []
@@ -192,36 +229,3 @@ class FeedbackStore:
         with self._connection() as db:
             rows = db.execute("SELECT image_id, COUNT(DISTINCT user) FROM votes GROUP BY image_id")
             return {image_id: int(count) for image_id, count in rows}
-
-
-def write_snapshot(store: FeedbackStore, folder: str | Path) -> Path:
-    """All votes as JSON lines in ``folder/votes.jsonl``, replaced atomically (for backups)."""
-    import json
-    import os
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "votes.jsonl"
-    temporary = folder / f".votes.jsonl.tmp{os.getpid()}"
-    with temporary.open("w", encoding="utf-8") as handle:
-        for vote in store.votes():
-            handle.write(json.dumps(vote.__dict__, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
-    return target
-
-
-def start_backup(store: FeedbackStore, repo_id: str, every_minutes: float = 10.0, token: str | None = None):
-    """Commit a snapshot of the raw votes to a Hub dataset repo every few minutes (on a Space)."""
-    from huggingface_hub import CommitScheduler
-
-    folder = store.path.parent / "backup"
-
-    class VotesScheduler(CommitScheduler):
-        def push_to_hub(self):  # snapshot first, then upload what changed
-            write_snapshot(store, folder)
-            return super().push_to_hub()
-
-    return VotesScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder, path_in_repo="votes",
-                          every=every_minutes, private=True, token=token)  # fmt: skip
