@@ -40,9 +40,23 @@ from vse.retrieval import QueryError, RetrievalService
 from vse.text import normalize_tag
 from vse.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 
-DEFAULT_MODEL = "assets/model"
-DEFAULT_GALLERY = "assets/gallery"
-DEFAULT_DATA_DIR = os.environ.get("VSE_DATA_DIR", "feedback")
+PERSISTENT_STORAGE = Path("/data")  # where a Space mounts its persistent storage, when it has some
+
+
+def default_data_dir() -> str:
+    """``VSE_DATA_DIR``; else ``/data/vse`` on a Space with persistent storage; else ``feedback``."""
+    if os.environ.get("VSE_DATA_DIR"):
+        return os.environ["VSE_DATA_DIR"]
+    if PERSISTENT_STORAGE.is_dir() and os.access(PERSISTENT_STORAGE, os.W_OK):
+        return str(PERSISTENT_STORAGE / "vse")
+    return "feedback"
+
+
+# Settings come from the command line locally and from environment variables on a
+# Space (which passes no arguments): VSE_MODEL, VSE_GALLERY, VSE_DATA_DIR, ...
+DEFAULT_MODEL = os.environ.get("VSE_MODEL") or "assets/model"
+DEFAULT_GALLERY = os.environ.get("VSE_GALLERY") or "assets/gallery"
+DEFAULT_DATA_DIR = default_data_dir()
 DEFAULT_TOP_K = 12
 CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
@@ -533,9 +547,10 @@ def build_ui(app: VSEApp) -> gr.Blocks:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Image-text retrieval app (Gradio).")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub repo id or local model folder")
-    parser.add_argument("--gallery", default=DEFAULT_GALLERY, help="datasets source or gallery folder")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="votes database and index cache")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub repo id or local model folder (env VSE_MODEL)")
+    parser.add_argument("--gallery", default=DEFAULT_GALLERY, help="datasets source or gallery folder (env VSE_GALLERY)")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="votes database and index cache (env VSE_DATA_DIR; /data/vse on a Space with storage)")  # fmt: skip
     parser.add_argument("--reviewer", default="local-reviewer", help="reviewer name when OAuth is off")
     parser.add_argument(
         "--index", default="auto", choices=("auto", "exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")

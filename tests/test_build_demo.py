@@ -107,8 +107,8 @@ def test_whole_build_on_a_small_corpus(tmp_path):
         "--svg-root", str(svg_root), "--png-root", str(png_root), "--out", str(tmp_path / "data"),
         "--assets", str(assets), "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"),
         "--test-size", "8", "--validation-size", "4", "--",
-        "--stage1.optim.epochs=2", "--stage2.optim.epochs=1", "--model.embed_dim=32", "--progress=false",
-        "--stage1.optim.batch_size=8", "--stage2.optim.batch_size=8",
+        "--stage1.optim.epochs=2", "--stage1.optim.steps_per_epoch=5", "--model.embed_dim=32", "--progress=false",
+        "--stage1.optim.batch_size=8", "--web.batch_size=8", "--web.suspicion_steps=10",
     ]  # fmt: skip
     assert build_main(args) == 0
     model = VSEModel.from_pretrained(assets / "model")
@@ -117,6 +117,7 @@ def test_whole_build_on_a_small_corpus(tmp_path):
     embeddings = GalleryEmbeddings.load(assets / "index", model_digest(assets / "model"), gallery.fingerprint)
     assert embeddings is not None and embeddings.images.shape == (48, 32)
     assert "test" in model.metrics
+    assert model.suspicion is not None and len(model.suspicion) > 0  # the review queue's ranking ships with it
     sizes = [p.stat().st_size for p in assets.rglob("*") if p.is_file()]
     assert max(sizes) < 10_000_000 and sum(sizes) < 50_000_000
 
@@ -133,7 +134,7 @@ def test_build_on_a_subset_of_the_real_corpus(tmp_path):
     args = [
         "--limit", "160", "--test-size", "30", "--validation-size", "10", "--out", str(tmp_path / "data"),
         "--assets", str(assets), "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"), "--",
-        "--stage1.optim.epochs=3", "--stage2.optim.epochs=2", "--progress=false",
+        "--stage1.optim.epochs=3", "--stage1.optim.steps_per_epoch=10", "--web.suspicion_steps=20", "--progress=false",
     ]  # fmt: skip
     assert build_main(args) == 0
     gallery, _ = load_gallery(assets / "gallery")

@@ -28,8 +28,15 @@ def shapes(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
 
 
+# The paper's two-stage recipe (configs/paper_two_stage.yaml); tests of the default recipe override it.
+PAPER = ["--stage2.enabled=true", "--stage1.include_web=false", "--stage1.pseudo_tags=true", "--web.unit=list",
+         "--web.noise_aware=false", "--stage1.loss.kind=hinge", "--stage1.optim.steps_per_epoch=0",
+         "--stage1.optim.lr=2e-4", "--stage1.optim.lr_decay_epochs=15"]  # fmt: skip
+
+
 def train_args(shapes: Path, output: Path, cache: Path, *extra: str) -> list[str]:
     return [
+        *PAPER,
         f"--data.captions.path={shapes / 'captions'}",
         f"--data.validation.path={shapes / 'captions'}",
         f"--data.test.path={shapes / 'captions'}",
@@ -179,6 +186,7 @@ def test_bad_rows_are_skipped_and_bad_sources_explained(shapes, tmp_path, caplog
 
     # A missing column and an absent web source stop the run before training, with a clear message.
     caplog.clear()
+    args = [*args, "--resume=false"]  # the same folder, another config: start afresh
     assert train_main([*args, "--data.captions.text_column=caption"]) == 2
     assert "has no column ['caption']" in caplog.text
     empty_web = tmp_path / "web.jsonl"

@@ -197,8 +197,10 @@ def evaluate(model: VSEModel, data: EvalSet, batch_size: int = 256) -> dict[str,
 
 
 def learning_rate(optim: OptimConfig, epoch: int) -> float:
-    """Step decay as VSE++: lr * factor ** (epoch // decay_epochs)."""
-    return optim.lr * optim.lr_decay_factor ** (epoch // max(1, optim.lr_decay_epochs))
+    """Step decay as VSE++: lr * factor ** (epoch // decay_epochs); constant when decay_epochs is 0."""
+    if optim.lr_decay_epochs <= 0:
+        return optim.lr
+    return optim.lr * optim.lr_decay_factor ** (epoch // optim.lr_decay_epochs)
 
 
 def uses_hardest_negatives(loss: LossConfig, epoch: int) -> bool:
