@@ -25,6 +25,8 @@ import hashlib
 import io
 import logging
 import os
+import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -548,7 +550,9 @@ def build_ui(app: VSEApp) -> gr.Blocks:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Image-text retrieval app (Gradio).")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub repo id or local model folder (env VSE_MODEL)")
-    parser.add_argument("--gallery", default=DEFAULT_GALLERY, help="datasets source or gallery folder (env VSE_GALLERY)")
+    parser.add_argument(
+        "--gallery", default=DEFAULT_GALLERY, help="datasets source or gallery folder (env VSE_GALLERY)"
+    )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="votes database and index cache (env VSE_DATA_DIR; /data/vse on a Space with storage)")  # fmt: skip
     parser.add_argument("--reviewer", default="local-reviewer", help="reviewer name when OAuth is off")
@@ -568,6 +572,8 @@ def create_demo(config: AppConfig) -> tuple[gr.Blocks, VSEApp]:
 
 
 if __name__ == "__main__":
+    # A Space stops its container with SIGTERM: exit cleanly so that unsent votes are flushed (atexit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
     demo, _ = create_demo(AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index))
