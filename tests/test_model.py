@@ -288,3 +288,22 @@ def test_bad_configs_and_folders_get_clear_errors(tmp_path, gru_model):
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         VSEModel.from_pretrained(tmp_path / "m")
+
+
+def test_model_card_carries_hub_metadata(default_model, tmp_path):
+    """model-index with Recall@K per split, base models, license, pipeline tag, Hub dataset ids only."""
+    from huggingface_hub import ModelCard
+
+    default_model.config.extra = {"datasets": [
+        {"id": "someone/captions", "role": "test", "split": "test"},
+        {"id": str(tmp_path / "local-web"), "role": "web_tags", "split": "train"},
+        {"id": "someone/captions", "role": "validation", "split": "validation"}]}  # fmt: skip
+    default_model.metrics = {"test": {"i2t_R@1": 10.0, "rsum": 123.45}, "corrections": {"votes": 3}}
+    default_model.save_pretrained(tmp_path / "m")
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert card.data.datasets == ["someone/captions"]
+    assert card.data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert card.data.pipeline_tag == "feature-extraction" and card.data.license == "mit"
+    results = {(r.dataset_type, r.dataset_split, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results == {("someone/captions", "test", "i2t_R@1"): 10.0, ("someone/captions", "test", "rsum"): 123.45}
+    default_model.config.extra, default_model.metrics = {}, {}

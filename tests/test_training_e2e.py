@@ -83,6 +83,14 @@ def test_two_stages_evaluate_save_load(shapes, tmp_path, text_encoder, capsys):
     assert "rsum" in capsys.readouterr().out
     evaluated = json.loads((tmp_path / "eval.json").read_text())["full"]
     assert evaluated["rsum"] == pytest.approx(test["rsum"], abs=1e-6)
+    # --update-card writes the metrics into the folder's metrics.json and its model-index.
+    assert evaluate_cli.main(["--model", str(output / "model"), "--data", str(shapes / "captions"), "--split",
+                              "validation", "--cache-dir", str(cache), "--update-card"]) == 0  # fmt: skip
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(output / "model" / "README.md")
+    names = {(r.dataset_split, r.metric_name) for r in card.data.eval_results}
+    assert {("validation", "rsum"), ("test", "i2t_R@1"), ("test", "rsum")} <= names
     assert json.loads((output / "replicas.json").read_text())["world_size"] == 1
 
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -101,7 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default="cache", help="feature cache folder")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--update-card", action="store_true",
+                        help="store the results in the model folder's metrics.json and model card (a local folder)")  # fmt: skip
     return parser
+
+
+def update_card(model: VSEModel, folder: Path, split: str, source: SourceConfig, results: dict) -> None:
+    """Record the full-set metrics of ``split`` in the folder's metrics.json and model card (model-index)."""
+    model.metrics[split] = results["full"]
+    datasets = [
+        d for d in model.config.extra.get("datasets") or [] if not (isinstance(d, dict) and d.get("role") == split)
+    ]
+    model.config.extra["datasets"] = [*datasets, {"id": source.path, "role": split, "split": source.split,
+                                                   "revision": source.revision}]  # fmt: skip
+    model.save_pretrained(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(results))
+    if args.update_card:
+        if not Path(args.model).is_dir():
+            print("error: --update-card needs a local model folder (push it afterwards)", file=sys.stderr)
+            return 2
+        update_card(model, Path(args.model), args.split, source, results)
+        print(f"metrics of {args.split} written to {args.model}/metrics.json and its model card")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

@@ -35,7 +35,7 @@ from vse.backbones import build_image_backbone, resolve_text_model, state_finger
 from vse.config import VSEConfig
 from vse.hub import resolve_model_dir
 from vse.images import load_image
-from vse.model_card import render_model_card
+from vse.model_card import card_metadata, render_model_card
 from vse.suspicion import SUSPICION_FILE, SuspicionTable
 from vse.text import GRUTextEncoder, TransformerTextEncoder, tags_to_text
 from vse.vocab import load_vocabulary
@@ -371,10 +371,11 @@ class VSEModel(
         self.image_encoder.backbone.save_architecture(save_directory / IMAGE_ARCH_DIR)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        card_data = ModelCardData(**self._hub_mixin_info.model_card_data.to_dict())
-        datasets = self.config.extra.get("datasets")
-        if datasets:
-            card_data.datasets = [d["id"] if isinstance(d, dict) else str(d) for d in datasets]
+        """The README: Hub metadata (model-index with Recall@K, base models, datasets) and the text."""
+        card_data = card_metadata(
+            ModelCardData(**self._hub_mixin_info.model_card_data.to_dict()), self.config, self.metrics,
+            kwargs.get("repo_id"),
+        )  # fmt: skip
         return ModelCard(render_model_card(card_data.to_yaml(), self.config, self.metrics, **kwargs))
 
     # ------------------------------------------------------------ loading

@@ -9,6 +9,8 @@ is executed.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from vse.config import VSEConfig
@@ -30,6 +32,51 @@ CITATION = """@inproceedings{mithun2018webly,
   booktitle = {BMVC},
   year      = {2018}
 }"""
+
+
+RECALLS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(source: object) -> bool:
+    """A Hub repo id (``owner/name``) rather than a local path."""
+    return isinstance(source, str) and bool(HUB_ID.match(source)) and not Path(source).exists()
+
+
+def card_metadata(card_data: Any, config: VSEConfig, metrics: dict, repo_id: str | None = None) -> Any:
+    """Fill a ``huggingface_hub.ModelCardData``: model-index with Recall@K per split, base models, datasets."""
+    from huggingface_hub import EvalResult
+
+    sources = [d for d in config.extra.get("datasets") or [] if isinstance(d, dict)]
+    card_data.datasets = sorted({d["id"] for d in sources if is_hub_id(d.get("id"))}) or None
+    card_data.base_model = [m for m in (config.image_backbone, config.text_model) if is_hub_id(m)
+                            and (m != config.text_model or config.text_encoder == "transformer")] or None  # fmt: skip
+    card_data.license = config.extra.get("license", "mit")
+    card_data.pipeline_tag = "feature-extraction"
+    card_data.model_name = repo_id or "vse-model"
+    by_role = {d.get("role"): d for d in sources}
+    results = []
+    for split, values in metrics.items():
+        if not isinstance(values, dict) or "rsum" not in values:
+            continue
+        source = by_role.get(split, {}).get("id")
+        name = source if is_hub_id(source) else f"{Path(str(source or split)).name} (local)"
+        for key in RECALLS:
+            if key in values:
+                results.append(
+                    EvalResult(
+                        task_type="image-text-retrieval",
+                        task_name="Image-text retrieval",
+                        dataset_type=source if is_hub_id(source) else "custom",
+                        dataset_name=name,
+                        dataset_split=split,
+                        metric_type="recall" if key != "rsum" else "rsum",
+                        metric_name=key,
+                        metric_value=round(float(values[key]), 2),
+                    )  # fmt: skip
+                )
+    card_data.eval_results = results or None
+    return card_data
 
 
 def _escape_cell(value: Any) -> str:
@@ -81,6 +128,16 @@ def corrections_section(config: VSEConfig) -> str:
     )
 
 
+def robustness_section(config: VSEConfig) -> str:
+    """The recipe's test rsum against injected tag noise, when the training measured it (``extra["robustness"]``)."""
+    curve = config.extra.get("robustness")
+    if not curve:
+        return "Not measured for this checkpoint (see docs/RESULTS.md of the project for the recipe's curve)."
+    lines = ["| web tags replaced | test rsum |", "|---|---|"]
+    lines += [f"| {_escape_cell(level)} | {_escape_cell(value)} |" for level, value in curve.items()]
+    return "\n".join(lines)
+
+
 def render_model_card(card_yaml: str, config: VSEConfig, metrics: dict[str, dict[str, float]], **kwargs: Any) -> str:
     """Full README.md text with YAML front matter."""
     repo_id = kwargs.get("repo_id", "USER/MODEL")
@@ -114,6 +171,10 @@ Recall@K in percent, median/mean rank, rsum = sum of the six recalls.
 ## Human corrections
 
 {corrections_section(config)}
+
+## Robustness to tag noise
+
+{robustness_section(config)}
 
 ## Usage
 
