@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +39,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name
+from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
 from vse.retrieval import QueryError, RetrievalService
@@ -63,6 +67,10 @@ DEFAULT_TOP_K = 12
 CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
 CONCURRENCY = 4  # requests the app serves at once; more wait in Gradio's queue
+QUEUE_SIZE = int(os.environ.get("VSE_QUEUE_SIZE", "64"))  # requests waiting beyond that are turned away
+MAX_UPLOAD = os.environ.get("VSE_MAX_UPLOAD", "10mb")  # larger uploads are refused before they reach the app
+CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older than an hour
+EXAMPLE_QUERIES = 6
 VOTES_PER_MINUTE = int(os.environ.get("VSE_VOTES_PER_MINUTE", "120"))
 # An image leaves the review queue once this many different people reviewed it
 # (3 for majority voting over three reviewers).
@@ -135,6 +143,42 @@ class VSEApp:
         """Upload the votes not backed up yet (a clean shutdown)."""
         if self.backup is not None:
             self.backup.stop()
+
+    # ------------------------------------------------------------ downloads
+    def download_corrections(self) -> str:
+        """The corrections table as it stands (majority verdict per image and tag), as a CSV file."""
+        rows = majority_table(self.store.votes())
+        path = self.export_dir() / f"corrections-{time.strftime('%Y%m%dT%H%M%S')}.csv"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["image_id", "tag", "verdict", "votes", "total_votes"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return str(path)
+
+    def download_votes(self) -> str:
+        """Every stored vote, one JSON object a line."""
+        path = self.export_dir() / f"votes-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+        with path.open("w", encoding="utf-8") as handle:
+            for vote in self.store.votes():
+                handle.write(json.dumps(vote.__dict__, ensure_ascii=False) + "\n")
+        return str(path)
+
+    def export_dir(self) -> Path:
+        """A temporary folder (Gradio serves downloads from there, wherever the data folder is)."""
+        folder = (
+            Path(tempfile.gettempdir()) / f"vse-exports-{hashlib.sha256(self.config.data_dir.encode()).hexdigest()[:8]}"
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in sorted(folder.iterdir())[:-20]:  # keep the newest few
+            old.unlink(missing_ok=True)
+        return folder
+
+    def example_queries(self) -> list[str]:
+        """A few captions of held-out gallery images (the test split when marked), as search examples."""
+        items = self.service.gallery.items
+        held_out = [i for i in items if i.split == "test" and i.captions] or [i for i in items if i.captions]
+        step = max(1, len(held_out) // EXAMPLE_QUERIES)
+        return [item.captions[0] for item in held_out[::step][:EXAMPLE_QUERIES]]
 
     # ------------------------------------------------------------ search tab
     def thumbnail_file(self, index: int) -> str:
@@ -454,7 +498,7 @@ def ping() -> str:
 
 
 def build_ui(app: VSEApp) -> gr.Blocks:
-    with gr.Blocks(title="Webly supervised image-text retrieval") as demo:
+    with gr.Blocks(title="Webly supervised image-text retrieval", delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown("# Image-text retrieval\nSearch images by sentence, see what the model says about an image, "
                     "and help clean noisy web tags.")  # fmt: skip
         with gr.Tab("Search", id="search"):
@@ -463,6 +507,8 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                 query = gr.Textbox(label="Describe an image", placeholder="a red apple", scale=4, max_length=500)
                 top_k = gr.Slider(1, 48, value=DEFAULT_TOP_K, step=1, label="results")
                 search_button = gr.Button("Search", variant="primary", elem_id="search-button")
+            if app.example_queries():
+                gr.Examples(app.example_queries(), inputs=[query], label="Try")
             results = gr.Gallery(label="Results", columns=6, height="auto", allow_preview=False, elem_id="results")
             with gr.Row():
                 selected_title = gr.Textbox(label="Selected image", interactive=False)
@@ -540,6 +586,11 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             next_button.click(app.next_image, [position, wrong, reviewer], [position, *view], api_visibility="private")
             skip_button.click(app.skip, [position, reviewer], [position, *view], api_visibility="private")
             demo.load(None, js=REVIEW_KEYS_JS)
+            with gr.Accordion("Download the reviews", open=False), gr.Row():
+                corrections_button = gr.DownloadButton("Corrections table (CSV)")
+                votes_button = gr.DownloadButton("All votes (JSON lines)")
+            corrections_button.click(app.download_corrections, None, corrections_button, api_visibility="private")
+            votes_button.click(app.download_votes, None, votes_button, api_visibility="private")
         gr.api(app.vote_api, api_name="vote")
         gr.api(app.review_next_api, api_name="review_next")
         gr.api(app.review_api, api_name="review")
@@ -567,8 +618,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def create_demo(config: AppConfig) -> tuple[gr.Blocks, VSEApp]:
     app = VSEApp.create(config)
     demo = build_ui(app)
-    demo.queue(default_concurrency_limit=CONCURRENCY)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo, app
+
+
+def launch_options() -> dict:
+    """What ``demo.launch`` needs besides host and port: the upload size limit."""
+    return {"max_file_size": MAX_UPLOAD}
 
 
 if __name__ == "__main__":
@@ -577,4 +633,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
     demo, _ = create_demo(AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index))
-    demo.launch(server_name=args.host, server_port=args.port)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options())

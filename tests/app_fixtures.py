@@ -26,7 +26,8 @@ def running_app(data_dir: Path, **config):
     settings = app_module.AppConfig(data_dir=str(data_dir), **config)
     demo, app = app_module.create_demo(settings)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app_module.launch_options())  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}/", app
     finally:

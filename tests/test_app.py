@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -279,3 +280,29 @@ def test_votes_survive_an_app_restart_on_an_empty_disk(tmp_path):
         Client(url, verbose=False).predict(item.id, item.tags[0], "right", "restart-tester", api_name="/vote")
     with running_app(tmp_path / "disk-3", backup=str(repo)) as (url, app):
         assert [v.verdict for v in app.store.votes()] == ["right"]  # the latest vote of both runs
+
+
+def test_space_settings_examples_downloads_and_limits(served, tmp_path):
+    import csv
+
+    import app as app_module
+
+    client, app = served
+    examples = app.example_queries()
+    test_captions = {i.captions[0] for i in app.service.gallery.items if i.split == "test" and i.captions}
+    assert len(examples) == app_module.EXAMPLE_QUERIES and set(examples) <= test_captions
+    item = app.service.gallery.items[app.queue[3]]
+    app.vote_api(item.id, item.tags[0], "wrong", "downloader")
+    with open(app.download_corrections(), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"image_id": item.id, "tag": normalize_tag(item.tags[0]), "verdict": "wrong"}.items() <= next(
+        r for r in rows if r["image_id"] == item.id
+    ).items()
+    assert item.id in Path(app.download_votes()).read_text()
+    assert app_module.launch_options()["max_file_size"] == app_module.MAX_UPLOAD
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 11_000_000)  # over the 10 MB upload limit
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="(?i)size|large|exceed"):
+        client.predict(handle_file(str(big)), api_name="/describe")

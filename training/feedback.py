@@ -22,23 +22,7 @@ import sys
 from pathlib import Path
 
 from training.corrections import PROVENANCE_FILE, corrections_features
-from vse.feedback import FeedbackStore, Vote
-
-TIE_ORDER = {"right": 0, "added": 1, "wrong": 2}  # lower wins a tie
-
-
-def majority_table(votes: list[Vote]) -> list[dict]:
-    """One row per (image, tag): winning verdict, its votes, all votes."""
-    tallies: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
-    for vote in votes:
-        tallies[(vote.image_id, vote.tag)][vote.verdict] += 1
-    rows = []
-    for (image_id, tag), counts in sorted(tallies.items()):
-        verdict, count = min(counts.items(), key=lambda item: (-item[1], TIE_ORDER[item[0]]))
-        rows.append(
-            {"image_id": image_id, "tag": tag, "verdict": verdict, "votes": count, "total_votes": sum(counts.values())}
-        )
-    return rows
+from vse.feedback import FeedbackStore, Vote, majority_table
 
 
 def provenance(votes: list[Vote]) -> dict:

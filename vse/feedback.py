@@ -13,6 +13,7 @@ and the insert happen in one transaction, so a burst cannot slip past it.
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import threading
 import time
@@ -229,3 +230,20 @@ class FeedbackStore:
         with self._connection() as db:
             rows = db.execute("SELECT image_id, COUNT(DISTINCT user) FROM votes GROUP BY image_id")
             return {image_id: int(count) for image_id, count in rows}
+
+
+TIE_ORDER = {"right": 0, "added": 1, "wrong": 2}  # lower wins a tie
+
+
+def majority_table(votes: list[Vote]) -> list[dict]:
+    """One row per (image, tag): winning verdict, its votes, all votes."""
+    tallies: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
+    for vote in votes:
+        tallies[(vote.image_id, vote.tag)][vote.verdict] += 1
+    rows = []
+    for (image_id, tag), counts in sorted(tallies.items()):
+        verdict, count = min(counts.items(), key=lambda item: (-item[1], TIE_ORDER[item[0]]))
+        rows.append(
+            {"image_id": image_id, "tag": tag, "verdict": verdict, "votes": count, "total_votes": sum(counts.values())}
+        )
+    return rows
