@@ -499,6 +499,8 @@ def ping() -> str:
 
 def build_ui(app: VSEApp) -> gr.Blocks:
     with gr.Blocks(title="Webly supervised image-text retrieval", delete_cache=CACHE_CLEANUP) as demo:
+        # Outside the tabs, so that the browser restores it when the page loads, whichever tab shows.
+        saved_name = gr.BrowserState("", storage_key="vse-reviewer-name")
         gr.Markdown("# Image-text retrieval\nSearch images by sentence, see what the model says about an image, "
                     "and help clean noisy web tags.")  # fmt: skip
         with gr.Tab("Search", id="search"):
@@ -571,7 +573,6 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             if OAUTH_ENABLED:
                 demo.load(app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private")
             else:  # a local reviewer's name is remembered in the browser across reloads
-                saved_name = gr.BrowserState("", storage_key="vse-reviewer-name")
                 demo.load(restore_name, [saved_name], [reviewer], api_visibility="private").then(
                     app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private"
                 )

@@ -1,8 +1,9 @@
 """The UI in a real headless Chromium (Debian's), driven by Playwright.
 
 Type a query, see results, open an image's nearest captions, mark a tag wrong,
-reload, and find the vote recorded; screenshots of both tabs are saved (to
-docs/screenshots when VSE_SCREENSHOTS=docs/screenshots is set).
+review with the keyboard (suggested verdicts, 1 toggles a tag, Enter moves on),
+reload and find the reviewer's name remembered; screenshots of both tabs are
+saved (to docs/screenshots when VSE_SCREENSHOTS=docs/screenshots is set).
 """
 
 from __future__ import annotations
@@ -58,19 +59,35 @@ def test_search_select_review_reload(browser, tmp_path):
         page.screenshot(path=str(shots / "search.png"), full_page=True)
 
         page.get_by_role("tab", name="Review tags").click()
-        first_tag = page.locator("#review-tags input[type=checkbox]").first
-        first_tag.wait_for(timeout=30_000)
-        label = page.locator("#review-tags label").first.inner_text().strip()
-        first_tag.check()
+        boxes = page.locator("#review-tags input[type=checkbox]")
+        boxes.first.wait_for(timeout=30_000)
+        item = app.current_item(app.next_position(0, "browser-tester", include_current=True))
+        suggested = [boxes.nth(k).is_checked() for k in range(boxes.count())]
+        rows = app.tag_rows(app.queue[app.next_position(0, "browser-tester", include_current=True)])
+        assert suggested == [p >= 0.5 for _, p in rows]  # the likely wrong tags come ticked
+        assert "likely wrong" in page.locator("#review-tags label").first.inner_text()
+        page.locator("body").click(position={"x": 5, "y": 5})  # keys act outside text fields
+        page.keyboard.press("1")  # toggles the first (most suspicious) tag: saved at once
         page.get_by_text("1 images reviewed by you").wait_for(timeout=30_000)
+        first_vote = app.store.votes(user="browser-tester")[0]
+        assert first_vote.image_id == item.id
+        assert first_vote.verdict == ("right" if suggested[0] else "wrong")
         page.screenshot(path=str(shots / "review.png"), full_page=True)
+        page.keyboard.press("Enter")  # next image: the shown verdicts of the other tags are recorded
+        page.wait_for_function(
+            "() => document.querySelector('#review-tags') && !document.body.innerText.includes('Image 1 of')",
+            timeout=30_000,
+        )
+        verdicts = {v.tag for v in app.store.votes(image_id=item.id, user="browser-tester")}
+        assert len(verdicts) == len(rows)  # every tag of the first image has a verdict now
 
+        page.get_by_label("Reviewer name").fill("remembered-name")
+        page.get_by_label("Reviewer name").blur()
+        page.wait_for_timeout(500)
         page.reload()
         page.get_by_role("tab", name="Review tags").click()
         page.locator("#review-tags input[type=checkbox]").first.wait_for(timeout=30_000)
-        assert page.locator("#review-tags input[type=checkbox]").first.is_checked()  # the stored vote shows
-        votes = app.store.votes(user="browser-tester")
-        assert [(v.tag, v.verdict) for v in votes] == [(label.lower(), "wrong")] or votes[0].verdict == "wrong"
+        assert page.get_by_label("Reviewer name").input_value() == "remembered-name"  # kept by the browser
         page.close()
     assert (shots / "search.png").stat().st_size > 10_000 and (shots / "review.png").stat().st_size > 10_000
     shutil.rmtree(tmp_path / "data", ignore_errors=True)

@@ -351,7 +351,7 @@ def selection_section(by_corpus: dict[str, list[Row]]) -> str:
     for rows in by_corpus.values():
         base = np.mean([run["validation"]["rsum"] for run in next(r for r in rows if r.key == "baseline").runs])
         for row in rows:
-            labels[row.key] = row.label
+            labels[row.key] = row.label.replace("**", "")
             scores.setdefault(row.key, []).append(np.mean([run["validation"]["rsum"] for run in row.runs]) / base - 1)
     ranked = sorted(scores, key=lambda key: -np.mean(scores[key]))
     lines = [
