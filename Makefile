@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test test-fast lint format clean demo ablation bench
+.PHONY: setup app test test-fast lint format clean demo corpora ablation bench
 
 setup: $(STAMP)
 
@@ -36,10 +36,14 @@ format: setup
 demo: setup  # rebuild data/openclipart, the default model and assets/ (needs openclipart-svg/png)
 	$(BIN)/python -m training.build_demo
 
-ablation: setup  # retrain the ablation and rewrite docs/RESULTS.md
+corpora: setup  # the two development corpora (needs openclipart-svg/png, fonts-noto-color-emoji, fonts-symbola, unicode-cldr-core)
+	$(BIN)/python -m training.build_demo --data-only
+	$(BIN)/python -m training.emoji_corpus
+
+ablation: corpora  # retrain the ablation on both corpora and rewrite docs/RESULTS.md (about 2 hours on 2 cores)
 	$(BIN)/python -m training.ablation
 
-bench: setup  # rewrite docs/PERFORMANCE.md and docs/RELIABILITY.md
+bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md and docs/FEEDBACK.md
 	$(BIN)/python -m benchmarks.search
 	$(BIN)/python -m benchmarks.encoding
 	$(BIN)/python -m benchmarks.training
@@ -47,6 +51,7 @@ bench: setup  # rewrite docs/PERFORMANCE.md and docs/RELIABILITY.md
 	$(BIN)/python -m benchmarks.app
 	$(BIN)/python -m benchmarks.durability
 	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.feedback_loop  # rewrites docs/FEEDBACK.md (needs `make corpora`)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
