@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.common import (
     GradioHTTPClient,
+    free_port,
     machine_line,
     markdown_table,
     percentile_ms,
@@ -156,7 +157,6 @@ def browser_latencies(url: str, queries: list[str]) -> tuple[list[float], list[s
 
 def main(argv: list[str] | None = None) -> int:
     import app as app_module
-    from tests.app_fixtures import free_port
     from vse.feedback import FeedbackStore
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.app", description=__doc__.split("\n\n")[0])

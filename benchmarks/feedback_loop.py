@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import GradioHTTPClient, free_port, machine_line, markdown_table
+from benchmarks.common import GradioHTTPClient, figure, free_port, machine_line, markdown_table
 from training.ablation import DEFAULT_CONFIG, data_overrides, mean_std
 from training.config import TrainConfig
 from training.configuration import load_config
@@ -326,28 +326,20 @@ def mean_of(items: list[dict], key: str) -> float:
 
 
 def plot_curve(seeds: list[dict], fractions: list[float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shown = [f for f in fractions if 0 < f < 1]
-    fig, ax = plt.subplots(figsize=(5.4, 3.6), dpi=120)
-    for kind, marker in (("queue", "o"), ("random", "s")):
-        xs = [0.0, *[100 * f for f in shown], 100.0]
-        keys = ["none", *[f"{kind}{int(round(100 * f))}" for f in shown], "full"]
-        values = [rsum_of(seeds, key) for key in keys]
-        ax.errorbar(xs, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values],
-                    marker=marker, capsize=3, label=f"{kind} order")  # fmt: skip
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("web images reviewed (%)")
-    ax.set_ylabel("test rsum after retraining")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, (5.4, 3.6)) as ax:
+        for kind, marker in (("queue", "o"), ("random", "s")):
+            xs = [0.0, *[100 * f for f in shown], 100.0]
+            keys = ["none", *[f"{kind}{int(round(100 * f))}" for f in shown], "full"]
+            values = [rsum_of(seeds, key) for key in keys]
+            errors = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+            ax.errorbar(xs, [np.mean(v) for v in values], yerr=errors, marker=marker, capsize=3, label=f"{kind} order")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("web images reviewed (%)")
+        ax.set_ylabel("test rsum after retraining")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
