@@ -68,7 +68,7 @@ class Truth:
         for tag in shown:
             says_wrong = (normalize_tag(tag) in self.wrong[image_id]) != (rng.random() < flip)
             (wrong if says_wrong else right).append(tag)
-        added = [tag for tag in self.missing[image_id] if rng.random() >= flip]
+        added = [tag for tag in self.missing[image_id] if normalize_tag(tag) and rng.random() >= flip]
         return wrong, right, added
 
 
@@ -207,7 +207,7 @@ def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int
                 image_id, shown = task["image_id"], [t["tag"] for t in task["tags"]]
             else:
                 image_id = truth.ids[int(chosen[step])]
-                shown = list(dict.fromkeys(truth.noisy[image_id]))
+                shown = [tag for tag in dict.fromkeys(truth.noisy[image_id]) if normalize_tag(tag)]  # as the app shows
             wrong, right, added = truth.review(image_id, shown, flip, rng)
             if wrong or right or added:
                 served.client.predict(image_id, wrong, right, added, name, api_name="/review")

@@ -24,9 +24,9 @@ import torch
 
 from benchmarks.common import machine_line, markdown_table, write_section
 from training.cache import FeatureStore
-from training.config import OptimConfig
+from training.config import LossConfig, OptimConfig
 from training.loop import BatchStream, EmbeddingStep, Term, train_steps
-from training.pairs import ImageInputs, PairSet
+from training.pairs import ImageInputs, PairSet, TextInputs
 from training.runtime import Runtime
 from vse import VSEConfig, VSEModel
 
@@ -46,7 +46,8 @@ def pair_set(
 ) -> PairSet:
     rng = np.random.default_rng(seed)
     rows = rng.integers(num_images, size=pairs)
-    return PairSet(name, images, rows, [""] * pairs, text_store, np.arange(pairs))
+    texts = [""] * pairs
+    return PairSet(name, images, rows, texts, text_inputs=TextInputs(texts, text_store, np.arange(pairs)))
 
 
 def epoch(model: VSEModel, size: int, folder: Path) -> dict:
@@ -54,14 +55,14 @@ def epoch(model: VSEModel, size: int, folder: Path) -> dict:
     images = ImageInputs(store=random_store(folder / "images", size // 5, 1280, 0))
     captions = pair_set("captions", images, random_store(folder / "captions", size, 384, 1), size, size // 5, 2)
     tags = pair_set("pseudo_tags", images, random_store(folder / "tags", size, 384, 3), size, size // 5, 4)
-    optim = OptimConfig()
+    optim, loss = OptimConfig(), LossConfig(kind="hinge")
     terms = [Term(captions, BatchStream(np.arange(size), optim.batch_size, 0, runtime)),
              Term(tags, BatchStream(np.arange(size), optim.batch_size, 1, runtime))]  # fmt: skip
-    step = EmbeddingStep(model)
+    step = EmbeddingStep(model, loss)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=optim.lr)
     steps = terms[0].stream.batches_per_pass()
     start = time.perf_counter()
-    stats = train_steps(step, optimizer, terms, steps, optim, True, runtime, progress=False)
+    stats = train_steps(step, optimizer, terms, steps, loss, True, optim.grad_clip, runtime, progress=False)
     seconds = time.perf_counter() - start
     return {"pairs": size, "steps": steps, "seconds": seconds, "pairs_per_s": size / seconds,
             "data_share": stats["data_share"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip

@@ -30,6 +30,7 @@ def shapes(tmp_path_factory) -> Path:
 
 # The paper's two-stage recipe (configs/paper_two_stage.yaml); tests of the default recipe override it.
 PAPER = ["--stage2.enabled=true", "--stage1.include_web=false", "--stage1.pseudo_tags=true", "--web.unit=list",
+         "--stage1.verified_tags=true",
          "--web.noise_aware=false", "--stage1.loss.kind=hinge", "--stage1.optim.steps_per_epoch=0",
          "--stage1.optim.lr=2e-4", "--stage1.optim.lr_decay_epochs=15"]  # fmt: skip
 

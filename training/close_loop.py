@@ -7,9 +7,10 @@
    vote in the app's database, with its provenance (votes, reviewers, the model
    that ranked the queue), into ``<output-dir>/corrections``;
 2. ``training.train`` with ``--data.corrections`` set to it: rejected tags leave
-   the web data, added ones join it, confirmed ones keep full weight, reviewed
-   images join stage one as clean pairs; the new model re-estimates every other
-   tag's suspicion, so the app's queue is re-ranked by it (an active-learning round);
+   the web data, added ones join it, confirmed and added ones keep full weight
+   (with ``stage1.verified_tags`` reviewed images also join stage one as clean tag
+   lists, as in the paper); the new model re-estimates every other tag's
+   suspicion, so the app's queue is re-ranked by it (an active-learning round);
 3. the new model's validation and test metrics, beside those of ``--previous``
    (the model that served the queue) when given;
 4. ``--push``: the model, its card (which records the corrections) and its

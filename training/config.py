@@ -171,8 +171,10 @@ class StageOneConfig:
     tag_weight: float = 1.0
     # Add image-tag pairs with pseudo tags derived from each caption (the paper).
     pseudo_tags: bool = False
-    # Add human-verified web tags (images reviewed in the app) as clean pairs.
-    verified_tags: bool = True
+    # Add human-verified web tags (images reviewed in the app) as clean tag-list
+    # pairs (the paper). Off by default: in a joint stage the reviewed tags already
+    # train through the web term at full weight (docs/FEEDBACK.md).
+    verified_tags: bool = False
     # Also train on the web pairs in this stage (joint one-stage training).
     include_web: bool = True
 

@@ -16,7 +16,9 @@ total_votes    int32   all votes cast on this image and tag
 
 Training applies it in two ways (Mithun et al. 2018 keep clean, verified pairs in
 stage one): every web image's tag list loses its ``wrong`` tags and gains its
-``added`` tags; and images with any verdict join stage one as clean image-tag pairs.
+``added`` tags (which keep full weight in the noise-aware web term); with
+``stage1.verified_tags`` images with any verdict also join stage one as clean
+image-tag pairs.
 """
 
 from __future__ import annotations
