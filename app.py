@@ -42,7 +42,7 @@ from PIL import Image
 from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
-from vse.retrieval import QueryError, RetrievalService
+from vse.retrieval import Progress, QueryError, RetrievalService
 from vse.text import normalize_tag
 from vse.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 
@@ -130,11 +130,13 @@ class VSEApp:
         gr.set_static_paths([self.thumbnail_dir])
 
     @classmethod
-    def create(cls, config: AppConfig) -> VSEApp:
-        service = RetrievalService.load(config.model, config.gallery, config.data_dir, config.index)
+    def create(cls, config: AppConfig, progress: Progress | None = None) -> VSEApp:
+        service = RetrievalService.load(config.model, config.gallery, config.data_dir, config.index, progress)
         store = FeedbackStore(os.path.join(config.data_dir, "votes.db"))
         backup = None
         if config.backup:  # restores every backed-up vote before the app serves anyone
+            if progress is not None:
+                progress("restoring the backed-up votes", 0, 0)
             backup = VoteBackup(store, backup_files(config.backup), every_seconds=config.backup_seconds).start()
             log.info("votes are backed up to %s every %.0f s", config.backup, config.backup_seconds)
         return cls(service, store, config, backup)
@@ -616,8 +618,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def create_demo(config: AppConfig) -> tuple[gr.Blocks, VSEApp]:
-    app = VSEApp.create(config)
+def create_demo(config: AppConfig, progress: Progress | None = None) -> tuple[gr.Blocks, VSEApp]:
+    app = VSEApp.create(config, progress)
     demo = build_ui(app)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo, app
@@ -628,10 +630,63 @@ def launch_options() -> dict:
     return {"max_file_size": MAX_UPLOAD}
 
 
+class StartupStatus:
+    """What the app is doing while it starts (a large gallery takes minutes to index), for the status page."""
+
+    def __init__(self) -> None:
+        self.what, self.done, self.total = "starting", 0, 0
+        self.lock = threading.Lock()
+
+    def update(self, what: str, done: int, total: int) -> None:
+        with self.lock:
+            self.what, self.done, self.total = what, done, total
+
+    def text(self) -> str:
+        with self.lock:
+            count = f": {self.done:,} of {self.total:,}" if self.total else ""
+            return f"## Starting up\n\nThe app is {self.what}{count}. This page reloads by itself when it is ready."
+
+
+# While the real app starts, its port serves this page; when the real app answers
+# (its API has a "search" endpoint), the page reloads into it.
+RELOAD_WHEN_READY_JS = """
+() => {
+  const check = async () => {
+    try {
+      const info = await (await fetch("/gradio_api/info")).json();
+      if (JSON.stringify(info).includes("search")) { location.reload(); return; }
+    } catch (error) {}
+    setTimeout(check, 3000);
+  };
+  setTimeout(check, 3000);
+}
+"""
+
+
+def status_page(status: StartupStatus) -> gr.Blocks:
+    """A page that shows ``status`` every two seconds until the app replaces it."""
+    with gr.Blocks(title="Starting: webly supervised image-text retrieval") as page:
+        shown = gr.Markdown(status.text(), elem_id="startup-status")
+        gr.Timer(2.0).tick(status.text, None, shown, api_visibility="private")
+        page.load(None, js=RELOAD_WHEN_READY_JS)
+    return page
+
+
+def serve(config: AppConfig, host: str, port: int) -> None:
+    """Serve a status page on the port while the app loads (and indexes), then the app itself."""
+    status = StartupStatus()
+    waiting = status_page(status)
+    waiting.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        demo, _ = create_demo(config, status.update)
+    finally:
+        waiting.close()
+    demo.launch(server_name=host, server_port=port, **launch_options())
+
+
 if __name__ == "__main__":
     # A Space stops its container with SIGTERM: exit cleanly so that unsent votes are flushed (atexit).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
-    demo, _ = create_demo(AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index))
-    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
+    serve(AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index), args.host, args.port)

@@ -132,3 +132,31 @@ def test_hostile_text_is_shown_literally_and_runs_nothing(browser, tmp_path):
         assert dialogs == []
         assert page.locator("img[src='x']").count() == 0  # no element was created from the text
         page.close()
+
+
+def test_startup_status_page_then_the_app_on_the_same_port(browser, tmp_path):
+    """While a gallery is indexed the port shows progress; the page turns into the app by itself."""
+    import app as app_module
+    from tests.app_fixtures import free_port
+
+    status = app_module.StartupStatus()
+    waiting = app_module.status_page(status)
+    port = free_port()
+    waiting.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    page = browser.new_page()
+    demo = None
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_text("The app is starting").wait_for(timeout=30_000)
+        status.update("indexing the gallery's images", 64, 200)
+        page.get_by_text("indexing the gallery's images: 64 of 200").wait_for(timeout=30_000)
+        config = app_module.AppConfig(str(ASSETS / "model"), str(ASSETS / "gallery"), str(tmp_path / "data"))
+        demo, _ = app_module.create_demo(config, status.update)
+        waiting.close()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        page.get_by_label("Describe an image").wait_for(timeout=60_000)  # reloaded into the app itself
+    finally:
+        page.close()
+        waiting.close()
+        if demo is not None:
+            demo.close()

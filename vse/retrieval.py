@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,12 @@ class Hit:
     score: float
 
 
-def embed_gallery(model: VSEModel, gallery: Gallery, batch_size: int = 64) -> GalleryEmbeddings:
+Progress = Callable[[str, int, int], None]  # (what, done, total): start-up status for people waiting
+
+
+def embed_gallery(
+    model: VSEModel, gallery: Gallery, batch_size: int = 64, progress: Progress | None = None
+) -> GalleryEmbeddings:
     """Embeddings of the gallery's readable images and of their caption pool (with a progress bar).
 
     Unreadable images are counted, logged and listed in ``dropped``; the rows
@@ -62,6 +68,8 @@ def embed_gallery(model: VSEModel, gallery: Gallery, batch_size: int = 64) -> Ga
     """
     chunks, dropped = [], []
     for start in tqdm(range(0, len(gallery), batch_size), desc="indexing gallery", unit="batch"):
+        if progress is not None:
+            progress("indexing the gallery's images", start, len(gallery))
         images = []
         for item in gallery.items[start : start + batch_size]:
             try:
@@ -73,6 +81,8 @@ def embed_gallery(model: VSEModel, gallery: Gallery, batch_size: int = 64) -> Ga
             chunks.append(model.encode_image(images, batch_size=batch_size))
     kept = gallery.without(dropped)
     images = torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim)
+    if progress is not None:
+        progress("indexing the caption pool", len(gallery), len(gallery))
     captions = model.encode_text(kept.caption_texts, batch_size=256)
     return GalleryEmbeddings(images, captions, "", gallery.fingerprint, embed_tag_lists(model, kept), dropped)
 
@@ -92,16 +102,25 @@ class RetrievalService:
 
     @classmethod
     def load(
-        cls, model_source: str, gallery_source: str, data_dir: str | Path, index_kind: str = "auto"
+        cls,
+        model_source: str,
+        gallery_source: str,
+        data_dir: str | Path,
+        index_kind: str = "auto",
+        progress: Progress | None = None,
     ) -> RetrievalService:
         start = time.perf_counter()
+        report = progress or (lambda what, done, total: None)
+        report("loading the model", 0, 0)
         folder = resolve_model_dir(model_source)
         model = VSEModel.from_pretrained(folder)
         revision = model_digest(folder)
+        report("loading the gallery", 0, 0)
         gallery, skipped = load_gallery(gallery_source)
         if skipped:
             log.warning("gallery %s: skipped %s", gallery_source, skipped)
-        embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir))
+        embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir), progress)
+        report("building the search indexes", 0, 0)
         if embeddings.dropped:
             log.warning("gallery %s: %d unreadable images left out", gallery_source, len(embeddings.dropped))
         service = cls(model, revision, gallery.without(embeddings.dropped), embeddings, index_kind)
@@ -116,7 +135,12 @@ class RetrievalService:
 
     @staticmethod
     def _embeddings(
-        model: VSEModel, revision: str, gallery: Gallery, gallery_source: Path, data_dir: Path
+        model: VSEModel,
+        revision: str,
+        gallery: Gallery,
+        gallery_source: Path,
+        data_dir: Path,
+        progress: Progress | None = None,
     ) -> GalleryEmbeddings:
         fingerprint = gallery.fingerprint
         shipped = gallery_source.parent / "index" if gallery_source.is_dir() else None
@@ -126,7 +150,7 @@ class RetrievalService:
                 log.info("gallery embeddings from %s", folder)
                 return found
         log.info("no embeddings for this model revision and gallery: indexing %d images", len(gallery))
-        built = embed_gallery(model, gallery)
+        built = embed_gallery(model, gallery, progress=progress)
         built.digest = revision
         built.save(data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}")
         return built
