@@ -147,7 +147,7 @@ def test_learning_rate_decay_and_warmup():
 
     optim = OptimConfig(lr=1.0, lr_decay_epochs=2, lr_decay_factor=0.5)
     assert [learning_rate(optim, e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
-    hinge = LossConfig(warmup_epochs=1)
+    hinge = LossConfig(kind="hinge", warmup_epochs=1)
     assert [uses_hardest_negatives(hinge, e) for e in range(3)] == [False, True, True]
     assert not any(uses_hardest_negatives(LossConfig(kind="infonce"), e) for e in range(3))
 
