@@ -37,9 +37,19 @@ def space_env(tmp_path_factory) -> Path:
     return venv
 
 
-def test_the_space_starts_and_serves_search_and_votes(space_env, tmp_path):
+def app_client(url: str):
+    """A client of the app at ``url``; None while nothing listens or the start-up status page answers there."""
     from gradio_client import Client
 
+    try:
+        client = Client(url, verbose=False)
+    except Exception:  # not listening yet
+        return None
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    return client if "/search" in endpoints else None
+
+
+def test_the_space_starts_and_serves_search_and_votes(space_env, tmp_path):
     space = tmp_path / "space"  # the repository as a Space checks it out
     shutil.copytree(ROOT, space, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "cache", "data", "feedback",
                                                                 "__pycache__", ".pytest_cache", ".ruff_cache"))  # fmt: skip
@@ -55,12 +65,7 @@ def test_the_space_starts_and_serves_search_and_votes(space_env, tmp_path):
         deadline, client = time.monotonic() + 300, None
         while client is None and time.monotonic() < deadline:
             assert process.poll() is None, process.stdout.read()[-3000:]
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            except Exception:  # not listening yet
-                client = None
-            if client is not None and "/search" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]:
-                client = None  # the status page answers on the port while the app indexes
+            client = app_client(f"http://127.0.0.1:{port}/")
             if client is None:
                 time.sleep(1)
         assert client is not None, "the Space did not start within 5 minutes"
