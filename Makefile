@@ -50,6 +50,7 @@ bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md and docs/FEEDBA
 	$(BIN)/python -m benchmarks.cache
 	$(BIN)/python -m benchmarks.app
 	$(BIN)/python -m benchmarks.durability
+	$(BIN)/python -m benchmarks.hostile
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.feedback_loop  # rewrites docs/FEEDBACK.md (needs `make corpora`)
 

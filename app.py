@@ -20,12 +20,15 @@ until they do.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -36,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import pydantic
 import torch
-from PIL import Image
+from gradio.exceptions import InvalidPathError
+from gradio.utils import get_upload_folder
 
+from vse.cli import add_debug_flag, run_cli
 from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
@@ -64,6 +70,7 @@ DEFAULT_MODEL = os.environ.get("VSE_MODEL") or "assets/model"
 DEFAULT_GALLERY = os.environ.get("VSE_GALLERY") or "assets/gallery"
 DEFAULT_DATA_DIR = default_data_dir()
 DEFAULT_TOP_K = 12
+MAX_TOP_K = 48
 CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
 CONCURRENCY = 4  # requests the app serves at once; more wait in Gradio's queue
@@ -100,6 +107,92 @@ def image_suffix(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
     return next((suffix for signature, suffix in IMAGE_SIGNATURES.items() if data.startswith(signature)), None)
+
+
+def refusal(message: str) -> gr.Error:
+    """An expected refusal (bad input, rate limit): shown to the user, logged as one line, no traceback."""
+    log.info("refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def result_count(value: object, lowest: int, highest: int) -> int:
+    """The number of results asked for, whatever JSON the client sent; refuses what is not a whole number in range."""
+    number = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise refusal(f"The number of results must be a whole number from {lowest} to {highest}, not {value!r:.40}.")
+    if number != int(number) or not lowest <= number <= highest:
+        raise refusal(f"The number of results must be a whole number from {lowest} to {highest}, not {number:g}.")
+    return int(number)
+
+
+def data_url_bytes(url: str, limit: int) -> bytes:
+    """The bytes of a ``data:...;base64,`` URL (how some clients send an image), at most ``limit`` of them."""
+    header, _, body = url.partition(",")
+    if not header.endswith(";base64") or not body:
+        raise refusal("An image sent as a data URL must be base64-encoded.")
+    if len(body) > limit * 4 // 3 + 4:
+        raise refusal(f"The image is larger than the upload limit ({limit / 1e6:.0f} MB).")
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise refusal("The image's data URL is not valid base64.") from None
+
+
+def upload_source(payload: dict | None, upload_folder: str | Path) -> str | bytes:
+    """What ``vse.images.load_image`` reads of an upload, untouched by Gradio: the uploaded file's path, or a data URL's bytes.
+
+    The upload event runs with ``preprocess=False``: Gradio's own image preprocessing
+    opens and converts every upload before the handler runs, so broken, huge or
+    hostile files failed inside Gradio with a bare "Error" and transparency landed
+    on black. Here every upload goes through the library's one decoding rule, as the
+    gallery and training do; its pixel budget is read from the header, so nothing
+    large is ever decoded.
+    """
+    if not payload:
+        raise refusal("Upload an image first.")
+    url, path = payload.get("url"), payload.get("path")
+    if isinstance(url, str) and url.startswith("data:"):
+        return data_url_bytes(url, upload_limit_bytes())
+    if not isinstance(path, str) or not path:
+        raise refusal("The upload holds no file.")
+    if not Path(path).resolve().is_relative_to(Path(upload_folder).resolve()):
+        raise refusal("Only files uploaded to this app can be used.")  # never a path elsewhere on the server
+    return path
+
+
+class CheckedBlocks(gr.Blocks):
+    """``gr.Blocks`` that refuses a malformed API call like any other bad input.
+
+    Gradio checks the number and shape of a call's arguments before any handler
+    runs, and what it raises there reached clients as a bare "Error" (with a
+    traceback in the log). Here a call with too few arguments, or an argument of
+    the wrong shape (a string where an upload belongs), gets a message and one log line.
+    """
+
+    async def preprocess_data(self, block_fn, inputs: list, state, explicit_call: bool = False):
+        wanted = len(block_fn.inputs)
+        if not isinstance(inputs, list) or len(inputs) < wanted:
+            got = len(inputs) if isinstance(inputs, list) else "no list of"
+            raise refusal(f"This call takes {wanted} argument{'s' * (wanted != 1)}, got {got}.")
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:  # a file path the client did not upload
+            raise refusal("Only files uploaded to this app can be used.") from None
+        except pydantic.ValidationError as err:
+            problem = err.errors()[0]
+            raise refusal(f"An argument has the wrong form: {problem['msg']} (got {problem['input']!r:.60}).") from None
+
+
+def upload_limit_bytes() -> int:
+    """``MAX_UPLOAD`` ("10mb", "500kb", or a number of bytes) in bytes."""
+    text = MAX_UPLOAD.strip().lower()
+    for suffix, unit in (("gb", 10**9), ("mb", 10**6), ("kb", 10**3), ("b", 1)):
+        if text.endswith(suffix):
+            return int(float(text.removesuffix(suffix)) * unit)
+    return int(text)
 
 
 @dataclass
@@ -213,12 +306,14 @@ class VSEApp:
         return [[rank + 1, items[h.index].title, items[h.index].id, round(h.score, 4)] for rank, h in enumerate(hits)]
 
     @torch.inference_mode()
-    def search(self, query: str, k: float) -> tuple[list, list[list], list[int]]:
+    def search(self, query: object, k: object) -> tuple[list, list[list], list[int]]:
         """Top-k gallery images for a sentence: gallery cells, a results table, hit indices."""
+        if not isinstance(query, str):
+            raise refusal("Type a sentence to search for.")
         try:
-            hits = self.service.search_text(query, int(k))
+            hits = self.service.search_text(query, result_count(k, 1, MAX_TOP_K))
         except QueryError as err:
-            raise gr.Error(str(err)) from None
+            raise refusal(str(err)) from None
         return self._gallery_cells(hits), self._results_table(hits), [h.index for h in hits]
 
     def _captions_table(self, embedding: torch.Tensor) -> list[list]:
@@ -238,14 +333,13 @@ class VSEApp:
         return self._captions_table(embedding), [[tag] for tag in item.tags], item.title or item.id, similar
 
     @torch.inference_mode()
-    def describe_upload(self, image: Image.Image | None) -> tuple[list[list], list]:
-        """Nearest captions and visually similar gallery images of an uploaded picture."""
-        if image is None:
-            raise gr.Error("Upload an image first.")
+    def describe_upload(self, upload: dict | None) -> tuple[list[list], list]:
+        """Nearest captions and visually similar gallery images of an uploaded picture (Gradio's file data, raw)."""
+        source = upload_source(upload, get_upload_folder())
         try:
-            embedding = self.service.embed_image(image)
+            embedding = self.service.embed_image(source)
         except ImageLoadError as err:
-            raise gr.Error(f"This image cannot be used: {err}") from None
+            raise refusal(f"This image cannot be used: {err}") from None
         return self._captions_table(embedding), self._gallery_cells(
             self.service.similar_images(embedding, SIMILAR_SHOWN)
         )
@@ -255,23 +349,23 @@ class VSEApp:
         """Who votes: the Hub username under OAuth, else the typed (or configured) name."""
         if OAUTH_ENABLED:
             if profile is None:
-                raise gr.Error("Sign in with Hugging Face to review tags.")
+                raise refusal("Sign in with Hugging Face to review tags.")
             return profile.username
         try:
             return clean_user_name(self.config.reviewer if typed_name is None else typed_name)
         except VoteError as err:
-            raise gr.Error(f"Reviewer name: {err}.") from None
+            raise refusal(f"Reviewer name: {err}.") from None
 
     @staticmethod
     def checked_verdict(item: GalleryItem, tag: object, verdict: object) -> str:
         """The verdict to store for ``tag`` of ``item``; refuses what cannot mean anything."""
         if verdict not in ("wrong", "right", "added"):
-            raise gr.Error("The verdict must be wrong, right or added.")
+            raise refusal("The verdict must be wrong, right or added.")
         if not isinstance(tag, str) or not normalize_tag(tag):
-            raise gr.Error("The tag must be a non-empty string.")
+            raise refusal("The tag must be a non-empty string.")
         has_tag = normalize_tag(tag) in {normalize_tag(t) for t in item.tags}
         if verdict in ("wrong", "right") and not has_tag:
-            raise gr.Error(f"Image {item.id!r} has no tag {tag!r}: only its own tags can be judged wrong or right.")
+            raise refusal(f"Image {item.id!r} has no tag {tag!r}: only its own tags can be judged wrong or right.")
         return "right" if verdict == "added" and has_tag else verdict  # adding a tag it has confirms it
 
     def _vote(self, user: str, item: GalleryItem, tag: object, verdict: object) -> None:
@@ -282,11 +376,11 @@ class VSEApp:
                 user, item.id, tag, verdict, self.service.revision, per_minute=self.config.votes_per_minute
             )
         except RateLimited:
-            raise gr.Error(
+            raise refusal(
                 f"Too many votes: at most {self.config.votes_per_minute} a minute. Please slow down."
             ) from None
         except VoteError as err:
-            raise gr.Error(str(err)) from None
+            raise refusal(str(err)) from None
 
     def reviewable(self, position: int, user: str | None) -> bool:
         """Not yet reviewed by this reviewer, nor by as many people as an image needs."""
@@ -364,7 +458,7 @@ class VSEApp:
         user = self.reviewer(name, profile)
         tags = [t.strip() for t in str(text or "").split(",") if t.strip()]
         if not tags:
-            raise gr.Error("Type the missing tag (several: separate them with commas).")
+            raise refusal("Type the missing tag (several: separate them with commas).")
         for tag in tags:
             self._vote(user, self.current_item(position), tag, "added")
         return "", self.counter(user)
@@ -404,7 +498,7 @@ class VSEApp:
     # ------------------------------------------------------------ API
     def gallery_item(self, image_id: object) -> GalleryItem:
         if not isinstance(image_id, str) or image_id not in self.service.gallery.position:
-            raise gr.Error(f"Unknown image id {image_id!r}.")
+            raise refusal(f"Unknown image id {image_id!r}.")
         return self.service.gallery.items[self.service.gallery.position[image_id]]
 
     def vote_api(
@@ -434,10 +528,10 @@ class VSEApp:
         for verdict, tags in (("wrong", wrong), ("right", right), ("added", added)):
             tags = [] if tags is None else tags
             if not isinstance(tags, list) or len(tags) > MAX_TAGS_PER_REVIEW:
-                raise gr.Error(f"{verdict} must be a list of at most {MAX_TAGS_PER_REVIEW} tags.")
+                raise refusal(f"{verdict} must be a list of at most {MAX_TAGS_PER_REVIEW} tags.")
             votes += [(tag, self.checked_verdict(item, tag, verdict)) for tag in tags]
         if not votes:
-            raise gr.Error("A review needs at least one tag.")
+            raise refusal("A review needs at least one tag.")
         for tag, verdict in votes:
             self._vote(user, item, tag, verdict)
         return self.counter(user)
@@ -500,7 +594,7 @@ def ping() -> str:
 
 
 def build_ui(app: VSEApp) -> gr.Blocks:
-    with gr.Blocks(title="Webly supervised image-text retrieval", delete_cache=CACHE_CLEANUP) as demo:
+    with CheckedBlocks(title="Webly supervised image-text retrieval", delete_cache=CACHE_CLEANUP) as demo:
         # Outside the tabs, so that the browser restores it when the page loads, whichever tab shows.
         saved_name = gr.BrowserState("", storage_key="vse-reviewer-name")
         gr.Markdown("# Image-text retrieval\nSearch images by sentence, see what the model says about an image, "
@@ -509,7 +603,7 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             hit_state = gr.State([])
             with gr.Row():
                 query = gr.Textbox(label="Describe an image", placeholder="a red apple", scale=4, max_length=500)
-                top_k = gr.Slider(1, 48, value=DEFAULT_TOP_K, step=1, label="results")
+                top_k = gr.Slider(1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="results")
                 search_button = gr.Button("Search", variant="primary", elem_id="search-button")
             if app.example_queries():
                 gr.Examples(app.example_queries(), inputs=[query], label="Try")
@@ -524,12 +618,17 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                 )
             table = gr.Dataframe(headers=["rank", "title", "id", "score"], label="Result list", interactive=False)
             with gr.Accordion("Search with an image", open=False):
-                upload = gr.Image(type="pil", label="Upload an image", sources=["upload", "clipboard"])
+                upload = gr.Image(type="filepath", label="Upload an image", sources=["upload", "clipboard"])
                 upload_button = gr.Button("Describe this image")
                 upload_captions = gr.Dataframe(headers=["nearest caption", "image", "score"], interactive=False)
                 similar = gr.Gallery(label="Similar images", columns=8, height="auto", allow_preview=False)
-            search_button.click(app.search, [query, top_k], [results, table, hit_state], api_name="search")
-            query.submit(app.search, [query, top_k], [results, table, hit_state], api_visibility="private")
+            # preprocess=False: the handlers check what clients send themselves (any JSON may arrive as k)
+            search_button.click(
+                app.search, [query, top_k], [results, table, hit_state], api_name="search", preprocess=False
+            )
+            query.submit(
+                app.search, [query, top_k], [results, table, hit_state], api_visibility="private", preprocess=False
+            )
             selected_similar = gr.Gallery(label="Visually similar", columns=8, height="auto", allow_preview=False)
             results.select(
                 app.select_result,
@@ -537,7 +636,9 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                 [captions, tags, selected_title, selected_similar],
                 api_visibility="private",
             )
-            upload_button.click(app.describe_upload, [upload], [upload_captions, similar], api_name="describe")
+            upload_button.click(
+                app.describe_upload, [upload], [upload_captions, similar], api_name="describe", preprocess=False
+            )
         with gr.Tab("Review tags", id="review") as review_tab:
             position = gr.State(0)
             ticked_state = gr.State([])
@@ -615,6 +716,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -689,4 +791,5 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
-    serve(AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index), args.host, args.port)
+    config = AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index)
+    sys.exit(run_cli(lambda: serve(config, args.host, args.port), debug=args.debug))  # a refused model: one line

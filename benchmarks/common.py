@@ -17,7 +17,7 @@ REPORT = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 RELIABILITY_HEADER = """# Reliability
 
 Measured on this project's development machine (2 CPU cores, no GPU) by
-`benchmarks/durability.py` and `benchmarks/load.py` (each rewrites its own
+`benchmarks/durability.py`, `benchmarks/hostile.py` and `benchmarks/load.py` (each rewrites its own
 section below) and checked by the tests named in each section.
 
 """

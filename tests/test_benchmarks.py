@@ -24,6 +24,7 @@ def docs_digest() -> str:
         ("training", ["--sizes", "1000", "2000"]),
         ("cache", ["--sizes", "16", "32"]),
         ("durability", ["--writers", "2", "--votes", "20"]),
+        ("hostile", ["--uploads", "2", "--refusals", "5"]),
         ("load", ["--clients", "2", "--seconds", "3"]),
         ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2", "--browser-queries", "3"]),
     ],

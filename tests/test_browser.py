@@ -160,3 +160,20 @@ def test_startup_status_page_then_the_app_on_the_same_port(browser, tmp_path):
         waiting.close()
         if demo is not None:
             demo.close()
+
+
+def test_hostile_upload_gets_its_message_in_the_page(browser, tmp_path):
+    """A broken upload, chosen in the page as a user would, is refused with a message that says what is wrong."""
+    from tests.test_hostile_inputs import IMAGE_CASES
+
+    broken = tmp_path / "holiday.png"
+    broken.write_bytes(IMAGE_CASES["truncated png"][0])
+    with running_app(tmp_path / "data") as (url, _):
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        page.get_by_text("Search with an image").dispatch_event("click")  # an idle status layer covers it
+        page.locator("input[type=file][accept='image/*']").set_input_files(str(broken))
+        page.get_by_role("button", name="Describe this image").dispatch_event("click")
+        page.get_by_text("This image cannot be used").first.wait_for(timeout=30_000)
+        assert "not a readable image" in page.get_by_text("This image cannot be used").first.inner_text()
+        page.close()

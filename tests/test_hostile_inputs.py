@@ -88,6 +88,11 @@ IMAGE_CASES = {
     "bmp": (encode(Image.new("RGB", (32, 32)), "BMP"), "ok"),
     "tiff": (encode(Image.new("RGB", (32, 32)), "TIFF"), "ok"),
     "ico": (encode(Image.new("RGBA", (32, 32)), "ICO"), "ok"),
+    "header claims 8000x8000 in 200 bytes": (png_header_only(8_000, 8_000), "too small to hold"),
+    "decompression bomb header, 30000x30000": (png_header_only(30_000, 30_000), "too large"),
+    "gif/script polyglot": (b"GIF89a/*" + bytes(20) + b"*/=1;alert(document.domain);//", "not a readable image"),
+    "junk after a png signature": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4096, "not a readable image"),
+    "html after a jpeg signature": (b"\xff\xd8\xff\xe0<html><script>alert(1)</script>", "not a readable image"),
     "large but allowed": (encode(Image.new("RGB", (3000, 2000), (5, 5, 5)), "JPEG", quality=50), "ok"),
 }
 

@@ -102,7 +102,7 @@ def same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(first[name], second[name], msg=name)
 
 
-def test_interrupted_run_resumes_to_the_same_weights_and_refuses_a_changed_config(shapes, tmp_path, caplog):
+def test_interrupted_run_resumes_to_the_same_weights_and_refuses_a_changed_config(shapes, tmp_path, caplog, capsys):
     cache = tmp_path / "cache"
     base = train_args(shapes, tmp_path / "unused", cache, "--stage1.optim.epochs=3", "--stage2.optim.epochs=2",
                       "--stage1.loss.kind=infonce")  # fmt: skip
@@ -112,8 +112,11 @@ def test_interrupted_run_resumes_to_the_same_weights_and_refuses_a_changed_confi
         assert train_main([*base, f"--output_dir={interrupted}", f"--stop_after_epochs={stop}"]) == 0
         assert not (interrupted / "model").exists()
     caplog.set_level("INFO")
+    capsys.readouterr()
     assert train_main([*base, f"--output_dir={interrupted}", "--stage1.optim.lr=1e-3"]) == 2
-    assert "different config" in caplog.text and "stage1.optim.lr: 0.0002 -> 0.001" in caplog.text
+    refusal = capsys.readouterr().err  # one "error:" line (vse.cli.run_cli)
+    assert refusal.startswith("error: ") and "different config" in refusal
+    assert "stage1.optim.lr: 0.0002 -> 0.001" in refusal
     assert train_main([*base, f"--output_dir={interrupted}"]) == 0
     assert "stage2: resuming after epoch 1" in caplog.text
     epochs = [(r["stage"], r["epoch"]) for r in read_log(interrupted)]
@@ -173,7 +176,7 @@ def test_corrections_feed_stage_one(shapes, tmp_path):
     assert texts[web_ids[1]].endswith("shiny")
 
 
-def test_bad_rows_are_skipped_and_bad_sources_explained(shapes, tmp_path, caplog):
+def test_bad_rows_are_skipped_and_bad_sources_explained(shapes, tmp_path, caplog, capsys):
     import shutil
 
     data = Path(shutil.copytree(shapes, tmp_path / "data"))
@@ -194,15 +197,14 @@ def test_bad_rows_are_skipped_and_bad_sources_explained(shapes, tmp_path, caplog
     assert read_log(output)[0]["pairs"]["captions"] == (36 - 3) * 3
 
     # A missing column and an absent web source stop the run before training, with a clear message.
-    caplog.clear()
+    capsys.readouterr()
     args = [*args, "--resume=false"]  # the same folder, another config: start afresh
     assert train_main([*args, "--data.captions.text_column=caption"]) == 2
-    assert "has no column ['caption']" in caplog.text
+    assert "has no column ['caption']" in capsys.readouterr().err
     empty_web = tmp_path / "web.jsonl"
     empty_web.write_text(json.dumps({"image": str(images[5]), "tags": [], "id": "x"}) + "\n")
-    caplog.clear()
     assert train_main([*args, "--stage2.enabled=true", f"--data.web.path={empty_web}", "--data.web.split=train"]) == 2
-    assert "the web term needs web image-tag pairs" in caplog.text
+    assert "the web term needs web image-tag pairs" in capsys.readouterr().err
 
 
 def test_push_cli_uploads_model_with_card(shapes, tmp_path, monkeypatch, capsys):

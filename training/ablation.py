@@ -30,10 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from training.config import TrainConfig
-from training.configuration import load_config
-from training.train import run_training
+from training.configuration import ConfigError, load_config
+from training.sources import SourceError
+from training.train import ResumeError, run_training
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 
 log = logging.getLogger("training.ablation")
+# Refused input of a run, reported as one line (vse.cli.run_cli).
+CLI_ERRORS = (*USER_ERRORS, ConfigError, SourceError, ResumeError)
 METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75)
 DEFAULT_CONFIG = "configs/offline_default.yaml"
@@ -323,8 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="*", help="row keys to run (the baseline always runs); default all")
     parser.add_argument("--noise", type=float, nargs="*", default=list(NOISE_LEVELS), help="injected noise levels")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs, only rerun what is missing")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = "python -m training.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+    return run_cli(lambda: run_ablation(args, command.strip()), debug=args.debug, expected=CLI_ERRORS)
+
+
+def run_ablation(args: argparse.Namespace, command: str) -> int:
+    """Every row on every corpus; writes docs/RESULTS.md, its plots and the raw runs."""
     corpora = args.corpus or ["openclipart", "emoji"]
     budget = Budget(steps=args.steps, steps_per_epoch=min(Budget.steps_per_epoch, args.steps // 2))
     docs = Path(args.docs)
@@ -338,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(corpus_section(corpus, rows, curves, data, plot))
         raw[corpus] = {"rows": {row.key: row.runs for row in rows},
                        "noise": {k: {str(x): v for x, v in c.items()} for k, c in curves.items()}}  # fmt: skip
-    command = "python -m training.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(docs / "RESULTS.md", command.strip(), sections, args.seeds, budget, selection_section(by_corpus))
+    write_report(docs / "RESULTS.md", command, sections, args.seeds, budget, selection_section(by_corpus))
     (docs / "ablation_runs.json").write_text(json.dumps(raw, indent=1, default=float))
     return 0
 

@@ -27,16 +27,20 @@ from pathlib import Path
 import torch
 
 from training.config import TrainConfig
-from training.configuration import load_config
+from training.configuration import ConfigError, load_config
 from training.demo_data import Splits, rendered_png, split_items, write_datasets
 from training.features import image_store
 from training.openclipart import PNG_ROOT, SVG_ROOT, ClipartItem, assign_captions, read_corpus
 from training.pipeline import open_source, timed
 from training.runtime import Runtime
-from training.train import run_training
+from training.sources import SourceError
+from training.train import ResumeError, run_training
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 from vse.gallery import GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest, thumbnail_bytes, write_gallery
 from vse.model import VSEModel
 
+# Refused input of a build, reported as one line (vse.cli.run_cli).
+CLI_ERRORS = (*USER_ERRORS, ConfigError, SourceError, ResumeError)
 log = logging.getLogger("training.build_demo")
 MAX_FILE_BYTES = 10_000_000
 MAX_TOTAL_BYTES = 50_000_000
@@ -158,12 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-only", action="store_true", help="write the datasets and stop")
     parser.add_argument("train_overrides", nargs="*", help="extra --key=value training overrides (after --)")
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(lambda: build_demo(args), debug=args.debug, expected=CLI_ERRORS)
+
+
+def build_demo(args: argparse.Namespace) -> int:
+    """Datasets, then (unless --data-only) the trained model and the app's assets."""
     svg_root, png_root = Path(args.svg_root), Path(args.png_root)
     if not svg_root.is_dir() or not png_root.is_dir():
         print("error: the Openclipart corpus is missing; install it with: apt-get install openclipart-svg openclipart-png",

@@ -33,6 +33,7 @@ from training.feedback import export
 from training.push import push
 from training.sources import SourceError
 from training.train import ResumeError, run_training
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 from vse.model import VSEModel
 
 log = logging.getLogger("training.close_loop")
@@ -91,20 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--previous", default=None, help="the model that served the queue, to compare with")
     parser.add_argument("--push", default=None, metavar="USER/NAME", help="push the retrained model to the Hub")
     parser.add_argument("--private", action="store_true")
+    add_debug_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def close_and_report(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         summary = close_loop(args, overrides)
     except ConfigError as err:
         parser.error(str(err))
-    except (FileNotFoundError, SourceError, ResumeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     record = summary["corrections"] or {}
     print(
         f"retrained with {record.get('removed', 0)} tags removed, {record.get('added', 0)} added, "
@@ -114,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("pushed"):
         print(f"pushed to {summary['pushed']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(
+        lambda: close_and_report(parser, args, overrides),
+        debug=args.debug,
+        expected=(*USER_ERRORS, SourceError, ResumeError, ValueError),
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.demo_data import Splits, write_datasets
+from vse.cli import add_debug_flag, run_cli
 
 log = logging.getLogger("training.emoji_corpus")
 CLDR_ROOT = Path("/usr/share/unicode/cldr/common")
@@ -179,12 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation-size", type=int, default=150)
     parser.add_argument("--train-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(lambda: build_corpus(args), debug=args.debug)
+
+
+def build_corpus(args: argparse.Namespace) -> int:
     cldr_root = Path(args.cldr_root)
     missing = [str(p) for p in [cldr_root / "annotations" / "en.xml", *FONTS.values()] if not p.is_file()]
     if missing:

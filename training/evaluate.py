@@ -25,6 +25,7 @@ from training.pairs import EvalSet, ImageInputs, TextInputs, eval_set
 from training.pipeline import open_source
 from training.runtime import Runtime
 from training.sources import SourceError
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 from vse.metrics import RECALL_AT, fold_metrics, retrieval_metrics
 from vse.model import VSEModel
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--update-card", action="store_true",
                         help="store the results in the model folder's metrics.json and model card (a local folder)")  # fmt: skip
+    add_debug_flag(parser)
     return parser
 
 
@@ -118,20 +120,9 @@ def update_card(model: VSEModel, folder: Path, split: str, source: SourceConfig,
     model.save_pretrained(folder)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    where = dict(item.split("=", 1) for item in args.where)
-    source = SourceConfig(
-        path=args.data, split=args.split, image_column=args.image_column, text_column=args.text_column,
-        image_root=args.image_root, where=where, revision=args.revision, limit=args.limit,
-    )  # fmt: skip
-    try:
-        model = VSEModel.from_pretrained(args.model)
-        results = evaluate_model(model, source, DataConfig(cache_dir=args.cache_dir), args.protocol, args.batch_size)
-    except (SourceError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def evaluate_and_report(args: argparse.Namespace, source: SourceConfig) -> int:
+    model = VSEModel.from_pretrained(args.model)
+    results = evaluate_model(model, source, DataConfig(cache_dir=args.cache_dir), args.protocol, args.batch_size)
     print(format_table(results))
     if args.update_card:
         if not Path(args.model).is_dir():
@@ -143,6 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if any("=" not in item for item in args.where):
+        parser.error("--where takes COLUMN=VALUE")
+    source = SourceConfig(
+        path=args.data, split=args.split, image_column=args.image_column, text_column=args.text_column,
+        image_root=args.image_root, where=dict(item.split("=", 1) for item in args.where), revision=args.revision,
+        limit=args.limit,
+    )  # fmt: skip
+    # ValueError as well: the data libraries refuse bad sources with it.
+    return run_cli(lambda: evaluate_and_report(args, source), debug=args.debug, expected=(*USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,13 @@ import collections
 import datetime
 import json
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
 from training.corrections import PROVENANCE_FILE, corrections_features
+from training.sources import SourceError
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 from vse.feedback import FeedbackStore, Vote, majority_table
 
 
@@ -43,7 +46,10 @@ def export(db_path: str | Path, out: str | Path, push_repo: str | None = None, p
     db_path = Path(db_path)
     if not db_path.is_file():
         raise FileNotFoundError(f"no votes database at {db_path}")
-    votes = FeedbackStore(db_path).votes()
+    try:
+        votes = FeedbackStore(db_path).votes()
+    except sqlite3.DatabaseError as err:
+        raise SourceError(f"{db_path} is not a votes database of the app: {err}") from err
     rows = majority_table(votes)
     table = datasets.Dataset.from_list(rows, features=corrections_features()) if rows else datasets.Dataset.from_dict(
         {name: [] for name in corrections_features()}, features=corrections_features()
@@ -75,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     exporter.add_argument("--out", default="corrections", help="output folder (a datasets folder)")
     exporter.add_argument("--push", default=None, metavar="USER/NAME", help="also push to this Hub dataset repo")
     exporter.add_argument("--private", action="store_true")
+    add_debug_flag(exporter)
     args = parser.parse_args(argv)
-    try:
-        count = export(args.db, args.out, args.push, args.private)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: export_and_report(args), debug=args.debug, expected=(*USER_ERRORS, SourceError))
+
+
+def export_and_report(args: argparse.Namespace) -> None:
+    count = export(args.db, args.out, args.push, args.private)
     print(f"{count} corrections written to {args.out}" + (f" and pushed to {args.push}" if args.push else ""))
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vse.hub import UnsafeModelError
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 from vse.model import VSEModel
 
 
@@ -42,20 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--branch", default=None, help="branch to push to (default: main)")
     parser.add_argument("--message", default=None, help="commit message")
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        url = push(
-            args.model, args.repo, private=args.private, token=args.token, branch=args.branch, message=args.message
-        )
-    except (FileNotFoundError, UnsafeModelError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # ValueError as well: the Hub client refuses bad repository ids with it.
+    return run_cli(lambda: push_and_report(args), debug=args.debug, expected=(*USER_ERRORS, ValueError))
+
+
+def push_and_report(args: argparse.Namespace) -> None:
+    url = push(args.model, args.repo, private=args.private, token=args.token, branch=args.branch, message=args.message)
     print(f"pushed to {url}")
-    return 0
 
 
 if __name__ == "__main__":

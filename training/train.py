@@ -39,6 +39,7 @@ from training.runtime import Runtime
 from training.sources import SourceError
 from training.stages import TrainingPairs, stage_one, stage_two, uses_web
 from training.suspicion import noise_aware_weights
+from vse.cli import USER_ERRORS, add_debug_flag, run_cli
 from vse.model import VSEModel
 from vse.suspicion import SuspicionTable
 
@@ -49,6 +50,10 @@ RUN_FILES = (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old", B
 
 class ResumeError(ValueError):
     """A checkpoint cannot be resumed with this config; the message says what differs."""
+
+
+# Refused input of a training run, reported as one line (vse.cli.run_cli).
+CLI_ERRORS = (*USER_ERRORS, SourceError, ResumeError)
 
 
 def build_pairs(model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime) -> TrainingPairs:
@@ -369,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML or JSON config file (see configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_debug_flag(parser)
     return parser
 
 
@@ -383,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        folder = run_training(config)
-    except (SourceError, ResumeError) as err:
-        log.error("%s", err)
-        return 2
+    return run_cli(lambda: train_and_report(config), debug=args.debug, expected=CLI_ERRORS)
+
+
+def train_and_report(config: TrainConfig) -> int:
+    folder = run_training(config)
     if folder is None:
         print(f"stopped after {config.stop_after_epochs} epochs; run again with the same config to resume")
         return 0

@@ -11,6 +11,8 @@ is ``image_backbone="microsoft/resnet-152"``, ``text_encoder="gru"``,
 from __future__ import annotations
 
 import dataclasses
+import reprlib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,23 @@ TEXT_ENCODERS = ("gru", "transformer")
 IMAGE_POOLINGS = ("avg", "cls", "pooler")
 TEXT_POOLINGS = ("mean", "cls")
 IMAGE_RESIZES = ("pad", "crop")
+CHOICES = {
+    "text_encoder": TEXT_ENCODERS,
+    "image_pooling": IMAGE_POOLINGS,
+    "image_resize": IMAGE_RESIZES,
+    "text_pooling": TEXT_POOLINGS,
+}
+# Inclusive ranges of the integer fields.  The upper limits are far above any
+# sensible model (the paper: embed_dim 1024, word_dim 300, one GRU layer) and far
+# below what would exhaust memory while the model is built.
+LIMITS = {
+    "embed_dim": (1, 8192),
+    "word_dim": (1, 4096),
+    "gru_layers": (1, 8),
+    "max_text_tokens": (1, 8192),
+    "image_size": (0, 2048),
+    "vocab_size": (0, 2_000_000),
+}
 
 
 @dataclass
@@ -67,20 +86,23 @@ class VSEConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` with a readable message on an impossible config."""
-        if self.text_encoder not in TEXT_ENCODERS:
-            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
-        if self.image_pooling not in IMAGE_POOLINGS:
-            raise ValueError(f"image_pooling must be one of {IMAGE_POOLINGS}, got {self.image_pooling!r}")
-        if self.image_resize not in IMAGE_RESIZES:
-            raise ValueError(f"image_resize must be one of {IMAGE_RESIZES}, got {self.image_resize!r}")
-        if self.text_pooling not in TEXT_POOLINGS:
-            raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
-        for name in ("embed_dim", "word_dim", "gru_layers", "max_text_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.image_size < 0 or self.vocab_size < 0:
-            raise ValueError("image_size and vocab_size must not be negative")
+        """Raise ``ValueError`` with a readable message on an impossible config.
+
+        Types are checked first (a config read from JSON can hold anything), then
+        ranges: the upper limits keep a hostile or mistyped ``config.json`` from
+        allocating gigabytes before its weights are even looked at.
+        """
+        problems = type_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        for name in ("text_encoder", "image_pooling", "image_resize", "text_pooling"):
+            allowed = CHOICES[name]
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high:,}, got {value:,}")
         if not self.image_backbone:
             raise ValueError("image_backbone must not be empty")
 
@@ -99,3 +121,20 @@ class VSEConfig:
 
 # Keys written beside the config in config.json that are not config fields.
 IGNORED_KEYS = frozenset({"vse_format_version"})
+
+
+def field_types() -> dict[str, type]:
+    """The plain type of each field (``dict[str, Any]`` -> ``dict``)."""
+    hints = typing.get_type_hints(VSEConfig)
+    return {name: typing.get_origin(hint) or hint for name, hint in hints.items()}
+
+
+def type_problems(config: VSEConfig) -> list[str]:
+    """One message per field whose value is not of the field's type (``True`` is not an int)."""
+    problems = []
+    for name, expected in field_types().items():
+        value = getattr(config, name)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            shown = reprlib.repr(value)
+            problems.append(f"{name} must be of type {expected.__name__}, got {shown} ({type(value).__name__})")
+    return problems

@@ -10,6 +10,10 @@ strings: the raw web tags), ``category``, ``split``.
 An embeddings file (``embeddings.safetensors``) stores float16 image embeddings
 in gallery order and caption embeddings in caption-pool order; its metadata
 records the model digest, so embeddings of another model are never used.
+
+``load_gallery`` refuses (``vse.errors.GalleryError``, naming the path) a source
+that holds no images or shards, a folder too large to be a gallery, and a
+gallery none of whose images decodes, before anything is indexed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import collections
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +31,20 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vse.images import load_image, pad_to_square
+from vse.errors import GalleryError
+from vse.images import ImageLoadError, load_image, pad_to_square
 
 GALLERY_COLUMNS = ("id", "image", "title", "captions", "tags", "category", "split")
 SHARD_BYTES = 8_000_000  # stays under the 10 MB a Space file may have without LFS
 EMBEDDINGS_FILE = "embeddings.safetensors"
+SHARD_PATTERN = "gallery-*.parquet"
+# File types an image folder gallery may hold (as datasets' imagefolder reads them).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+# How many files and folders an image folder gallery may hold: the scan for images
+# stops there, so that a mistyped path (a home folder, /etc) is refused in a
+# moment rather than walked for minutes.  Larger galleries are parquet shards.
+MAX_FOLDER_ENTRIES = 100_000
+DATA_FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 def model_digest(model_dir: str | Path) -> str:
@@ -238,34 +252,124 @@ def gallery_from_rows(rows: Iterable[dict]) -> tuple[Gallery, dict[str, int]]:
     return Gallery(items), dict(skipped)
 
 
+def count_images(folder: Path, limit: int = MAX_FOLDER_ENTRIES) -> int:
+    """Image files below ``folder`` (hidden entries skipped, links not followed, as imagefolder does).
+
+    Raises ``GalleryError`` after ``limit`` files and folders: such a tree is no gallery.
+    """
+    entries = images = 0
+    for _, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith((".", "__"))]
+        entries += len(folders) + len(files)
+        if entries > limit:
+            raise GalleryError(
+                f"the gallery folder {folder} holds more than {limit:,} files and folders: is it the right "
+                "folder? A gallery is a folder of images or of gallery-*.parquet shards (vse.gallery.write_gallery)"
+            )
+        images += sum(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in files if not name.startswith("."))
+    return images
+
+
+def check_gallery_source(source: str | Path) -> None:
+    """Refuse, before ``datasets`` is asked, a path that cannot be a gallery."""
+    path = Path(source).expanduser()
+    looks_local = str(source).startswith((".", "/", "~")) or str(source).count("/") > 1
+    if not path.exists():
+        if looks_local:
+            raise GalleryError(f"no gallery folder or file at {source}")
+        return  # a Hub dataset id
+    if path.is_file() and path.suffix not in DATA_FILE_SUFFIXES:
+        raise GalleryError(
+            f"the gallery {path} is a {path.suffix or 'suffix-less'} file; a gallery is a folder (of images or "
+            f"of {SHARD_PATTERN} shards), a {', '.join(DATA_FILE_SUFFIXES)} file or a Hub dataset id"
+        )
+    if path.is_dir() and not is_saved_dataset(path) and count_images(path, MAX_FOLDER_ENTRIES) == 0:
+        raise GalleryError(
+            f"the gallery folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no "
+            f"gallery shards ({SHARD_PATTERN})"
+        )
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A folder written by ``datasets``' ``save_to_disk``."""
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def rows_from_shards(shards: list[Path]) -> Iterator[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for shard in shards:
+        try:
+            table = pq.read_table(shard)
+        except (OSError, pa.ArrowException) as err:
+            raise GalleryError(f"{shard} is not a readable gallery shard: {err}") from err
+        yield from table.to_pylist()
+
+
+def rows_from_datasets(source: str | Path) -> Iterable[dict]:
+    """Rows of a ``datasets`` source (save_to_disk folder, imagefolder, data file or Hub id), images undecoded."""
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir() and is_saved_dataset(path):
+            ds = datasets.load_from_disk(str(path))
+        elif path.is_dir():
+            ds = datasets.load_dataset("imagefolder", data_dir=str(path))
+        elif path.suffix in DATA_FILE_SUFFIXES:
+            ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path))
+        else:
+            ds = datasets.load_dataset(str(source))
+    except (ValueError, OSError) as err:
+        raise GalleryError(f"the gallery {source} could not be read: {type(err).__name__}: {err}") from err
+    if isinstance(ds, datasets.DatasetDict):
+        ds = datasets.concatenate_datasets(list(ds.values()))
+    if "image" not in ds.column_names:
+        raise GalleryError(f"the gallery {source} has no image column; its columns are {ds.column_names}")
+    if isinstance(ds.features.get("image"), datasets.Image):
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+    return ds
+
+
+def require_a_readable_image(gallery: Gallery, source: str | Path) -> None:
+    """Raise ``GalleryError`` when none of the gallery's images decodes.
+
+    A gallery whose images all fail to decode would otherwise start and serve
+    nothing.  Usually the first image decodes, so this costs one decode.
+    """
+    first_error = None
+    for item in gallery.items:
+        try:
+            load_image(item.image)
+            return
+        except ImageLoadError as err:
+            first_error = first_error or f"{item.id}: {err}"
+    raise GalleryError(
+        f"none of the {len(gallery):,} images of the gallery {source} can be decoded (first: {first_error})"
+    )
+
+
 def load_gallery(source: str | Path) -> tuple[Gallery, dict[str, int]]:
     """A gallery from a folder of parquet shards (the assets format) or any ``datasets`` source.
 
     ``datasets`` sources: a Hub dataset id, an imagefolder, a ``save_to_disk``
     folder, or parquet/JSON-lines files; columns ``image`` and optionally ``id``,
-    ``title``, ``captions``/``caption``, ``tags``.
+    ``title``, ``captions``/``caption``, ``tags``.  Returns the gallery and the
+    counts of rows skipped by reason.
+
+    Raises ``GalleryError`` (naming the folder or file) for a source that holds
+    no images or shards, a folder too large to be a gallery, or a gallery none of
+    whose images decodes; some unreadable images among good ones are left to
+    ``vse.retrieval.embed_gallery``, which skips and counts them.
     """
-    path = Path(source)
-    shards = sorted(path.glob("gallery-*.parquet")) if path.is_dir() else []
-    if shards:
-        import pyarrow.parquet as pq
-
-        rows = (row for shard in shards for row in pq.read_table(shard).to_pylist())
-        return gallery_from_rows(rows)
-    import datasets
-
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        ds = datasets.load_from_disk(str(path))
-    elif path.is_dir():
-        ds = datasets.load_dataset("imagefolder", data_dir=str(path))
-    elif path.suffix in (".parquet", ".jsonl", ".json"):
-        ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path))
-    else:
-        ds = datasets.load_dataset(str(source))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = datasets.concatenate_datasets(list(ds.values()))
-    if "image" not in ds.column_names:
-        raise ValueError(f"the gallery {source} has no image column; its columns are {ds.column_names}")
-    if isinstance(ds.features.get("image"), datasets.Image):
-        ds = ds.cast_column("image", datasets.Image(decode=False))
-    return gallery_from_rows(ds)
+    path = Path(source).expanduser()
+    shards = sorted(path.glob(SHARD_PATTERN)) if path.is_dir() else []
+    if not shards:
+        check_gallery_source(source)
+    rows = rows_from_shards(shards) if shards else rows_from_datasets(source)
+    gallery, skipped = gallery_from_rows(rows)
+    if not len(gallery):
+        raise GalleryError(f"the gallery {source} holds no images (rows skipped: {skipped or 'none'})")
+    require_a_readable_image(gallery, source)
+    return gallery, skipped

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from vse.errors import ModelLoadError
+
 # Everything a model folder may hold (glob patterns as huggingface_hub matches them).
 ALLOWED_PATTERNS = (
     "*.json", "*.safetensors", "*.md", "*.txt", "*.model", ".gitattributes", "*.png", "*.jpg", "*.parquet"
@@ -43,7 +45,7 @@ UNSAFE_SUFFIXES = frozenset(
 )
 
 
-class UnsafeModelError(ValueError):
+class UnsafeModelError(ModelLoadError):
     """The model folder holds files that could run code when loaded."""
 
 

@@ -29,6 +29,11 @@ PREPROCESS_VERSION = 1
 REDUCING_GAP = 3.0
 
 
+# Deflate never compresses better than about 1032:1, so a PNG file is at least its
+# pixel data (counted at the fewest bits a PNG pixel can have, one) over this.
+DEFLATE_MAX_RATIO = 1032
+
+
 class ImageLoadError(ValueError):
     """An image could not be read; the message says why."""
 
@@ -46,6 +51,26 @@ def _open(source: Image.Image | str | os.PathLike[str] | bytes) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageLoadError(f"the image file {path.name} is empty")
     return Image.open(path)
+
+
+def source_bytes(source: Image.Image | str | os.PathLike[str] | bytes) -> int | None:
+    """Size in bytes of an encoded image source; None for an already-open image."""
+    if isinstance(source, (bytes, bytearray)):
+        return len(source)
+    return None if isinstance(source, Image.Image) else Path(source).stat().st_size
+
+
+def holds_its_pixels(image: Image.Image, file_bytes: int | None) -> bool:
+    """False for a PNG too small to hold the pixels its header declares (truncated or forged).
+
+    Such a file would make the decoder allocate the whole declared canvas before
+    failing: 192 MB for a 200-byte file that claims 8000x8000.
+    """
+    if image.format != "PNG" or file_bytes is None:
+        return True
+    width, height = image.size
+    least_pixel_bytes = (width * height) // 8 + height  # one bit per pixel, one filter byte per row
+    return file_bytes * DEFLATE_MAX_RATIO >= least_pixel_bytes
 
 
 def flatten_to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
@@ -83,6 +108,8 @@ def load_image(source: Image.Image | str | os.PathLike[str] | bytes) -> Image.Im
                 raise ImageLoadError(f"the image is too large ({width}x{height} pixels; limit {MAX_IMAGE_PIXELS:,})")
             if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
                 raise ImageLoadError(f"the image has a degenerate shape ({width}x{height})")
+            if not holds_its_pixels(image, source_bytes(source)):
+                raise ImageLoadError(f"the file is too small to hold the {width}x{height} pixels it declares")
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             image.load()
@@ -92,7 +119,9 @@ def load_image(source: Image.Image | str | os.PathLike[str] | bytes) -> Image.Im
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageLoadError(f"the image is too large to decode safely: {err}") from err
-    except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as err:
+    except Image.UnidentifiedImageError as err:
+        raise ImageLoadError("the file is not a readable image (not a format this app reads)") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageLoadError(f"the file is not a readable image ({type(err).__name__}: {err})") from err
 
 

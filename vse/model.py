@@ -33,20 +33,31 @@ from torch import nn
 
 from vse.backbones import build_image_backbone, resolve_text_model, state_fingerprint
 from vse.config import VSEConfig
+from vse.errors import ModelLoadError
 from vse.hub import resolve_model_dir
 from vse.images import load_image
 from vse.model_card import card_metadata, render_model_card
+from vse.model_files import (
+    BACKBONES_FILE,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    IMAGE_ARCH_DIR,
+    METRICS_FILE,
+    TEXT_ARCH_DIR,
+    WEIGHTS_FILE,
+    check_text_files,
+    check_vocabulary_size,
+    check_weights,
+    read_config,
+    read_json,
+)
 from vse.suspicion import SUSPICION_FILE, SuspicionTable
 from vse.text import GRUTextEncoder, TransformerTextEncoder, tags_to_text
-from vse.vocab import load_vocabulary
+from vse.vocab import TOKENIZER_FILE, load_vocabulary
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-BACKBONES_FILE = "backbones.json"
-METRICS_FILE = "metrics.json"
-IMAGE_ARCH_DIR = "image_backbone"
-TEXT_ARCH_DIR = "text_backbone"
+# Exceptions of the backbone and tokenizer loaders (transformers, tokenizers) on a
+# folder that passed the checks of vse.model_files but still cannot be built.
+BUILD_ERRORS = (OSError, ValueError, KeyError, TypeError)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -414,37 +425,74 @@ class VSEModel(
 
     @classmethod
     def load_folder(cls, folder: Path, map_location: str = "cpu") -> VSEModel:
-        """Build the model from an already resolved and checked folder."""
+        """Build the model from an already resolved folder, after checking its files (``vse.model_files``).
+
+        Raises ``vse.errors.ModelLoadError`` (naming the file) for a folder that is
+        not a loadable model, before the model is allocated where possible.
+        """
+        folder = Path(folder)
+        check_text_files(folder)
         config = read_config(folder)
+        check_weights(folder / WEIGHTS_FILE, config)
+        tokenizer = None
+        if config.text_encoder == "gru":
+            tokenizer = load_vocabulary(folder)
+            check_vocabulary_size(folder / TOKENIZER_FILE, tokenizer.get_vocab_size(), config)
+        model = cls._build_from_folder(config, folder, tokenizer)
+        model.load_weights(folder)
+        model._check_backbone_fingerprints(folder)
+        if (folder / METRICS_FILE).is_file():
+            model.metrics = read_json(folder / METRICS_FILE)
+            if not isinstance(model.metrics, dict):
+                raise ModelLoadError(f"{folder / METRICS_FILE} must map each split to its metrics")
+        model.suspicion = SuspicionTable.load(folder)
+        return model.to(map_location).eval()
+
+    @classmethod
+    def _build_from_folder(cls, config: VSEConfig, folder: Path, tokenizer: Tokenizer | None) -> VSEModel:
+        """The model with the backbones' weights reloaded from their sources unless the file holds them."""
         reload_image = not config.finetune_image and not config.bundle_frozen_backbones
         reload_text = (
             config.text_encoder == "transformer" and not config.finetune_text and not config.bundle_frozen_backbones
         )
-        model = cls(
-            config,
-            model_dir=folder,
-            load_image_backbone_weights=reload_image,
-            load_text_backbone_weights=reload_text,
-        )
-        model.load_weights(folder)
-        model._check_backbone_fingerprints(folder)
-        if (folder / METRICS_FILE).is_file():
-            model.metrics = json.loads((folder / METRICS_FILE).read_text())
-        model.suspicion = SuspicionTable.load(folder)
-        return model.to(map_location).eval()
+        try:
+            return cls(
+                config,
+                tokenizer=tokenizer,
+                model_dir=folder,
+                load_image_backbone_weights=reload_image,
+                load_text_backbone_weights=reload_text,
+            )
+        except ModelLoadError:
+            raise
+        except BUILD_ERRORS as err:
+            raise ModelLoadError(f"the model in {folder} could not be built: {type(err).__name__}: {err}") from err
 
     def load_weights(self, folder: Path) -> None:
-        """Overwrite the weights with those saved in ``folder`` (same architecture)."""
+        """Overwrite the weights with those saved in ``folder`` (same architecture).
+
+        Raises ``ModelLoadError`` naming the file when its tensors do not fit the
+        model: missing or unexpected names, other shapes, or non-float weights
+        where the model has floating-point ones (they would be cast silently).
+        """
         weights = Path(folder) / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}")
-        state = load_file(str(weights), device=str(self.device))
-        expected = {name for name in self.state_dict() if self._is_saved(name)}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(self.state_dict()))
+        try:
+            state = load_file(str(weights), device=str(self.device))
+        except Exception as err:  # safetensors' errors do not name the file
+            raise ModelLoadError(f"{weights} is not a readable safetensors file: {err}") from err
+        own = self.state_dict()
+        expected = {name for name in own if self._is_saved(name)}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
-            raise ValueError(
+            raise ModelLoadError(
                 f"{weights} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+        for name, tensor in state.items():
+            problem = tensor_problem(tensor, own[name])
+            if problem:
+                raise ModelLoadError(f"{weights}: tensor {name} {problem}")
         self.load_state_dict(state, strict=False)
 
     def _check_backbone_fingerprints(self, folder: Path) -> None:
@@ -452,28 +500,28 @@ class VSEModel(
         path = folder / BACKBONES_FILE
         if not path.is_file():
             return
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
+        if not isinstance(saved, dict) or not all(isinstance(record, dict) for record in saved.values()):
+            raise ModelLoadError(f"{path} must map each backbone to a record of its source and SHA-256")
         current = self.backbone_records()
         for key, record in saved.items():
             if record.get("bundled") or key not in current:
                 continue
             if record.get("sha256") != current[key]["sha256"]:
-                raise ValueError(
-                    f"the {key} backbone loaded from {record.get('source')!r} differs from the one this model was "
-                    "trained with (SHA-256 mismatch); install the same version, or save the model with "
+                raise ModelLoadError(
+                    f"the {key} backbone loaded from {record.get('source')!r} differs from the one {path} records "
+                    "(SHA-256 mismatch); install the version the model was trained with, or save the model with "
                     "bundle_frozen_backbones=True"
                 )
 
 
-def read_config(folder: Path) -> VSEConfig:
-    """The model config of a saved folder, with a clear error for other formats."""
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: it is not a saved VSE model")
-    data = json.loads(path.read_text())
-    version = data.get("vse_format_version")
-    if version is None:
-        raise ValueError(f"{path} is not a VSE model config (no vse_format_version)")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer version of this project (format {version})")
-    return VSEConfig.from_dict(data)
+def tensor_problem(saved: torch.Tensor, own: torch.Tensor) -> str | None:
+    """Why the saved tensor cannot replace the model's own one, or None when it can."""
+    if tuple(saved.shape) != tuple(own.shape):
+        return f"has shape {list(saved.shape)} but the model built from config.json has {list(own.shape)}"
+    dtype = str(saved.dtype).removeprefix("torch.")
+    if own.is_floating_point() and saved.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"has dtype {dtype}; only float32, float16 and bfloat16 weights are accepted"
+    if not own.is_floating_point() and saved.dtype != own.dtype:
+        return f"has dtype {dtype} but the model's buffer is {str(own.dtype).removeprefix('torch.')}"
+    return None

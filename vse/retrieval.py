@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vse.errors import GalleryError
 from vse.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
@@ -87,6 +88,16 @@ def embed_gallery(
     return GalleryEmbeddings(images, captions, "", gallery.fingerprint, embed_tag_lists(model, kept), dropped)
 
 
+def servable(gallery: Gallery, embeddings: GalleryEmbeddings, source: str) -> Gallery:
+    """The gallery without its unreadable images; ``GalleryError`` when that leaves nothing to serve."""
+    served = gallery.without(embeddings.dropped)
+    if embeddings.dropped:
+        log.warning("gallery %s: %d unreadable images left out", source, len(embeddings.dropped))
+    if not len(served):
+        raise GalleryError(f"none of the {len(gallery):,} images of the gallery {source} can be decoded")
+    return served
+
+
 class RetrievalService:
     """A model, a gallery, its embeddings and their search indexes."""
 
@@ -121,14 +132,14 @@ class RetrievalService:
             log.warning("gallery %s: skipped %s", gallery_source, skipped)
         embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir), progress)
         report("building the search indexes", 0, 0)
-        if embeddings.dropped:
-            log.warning("gallery %s: %d unreadable images left out", gallery_source, len(embeddings.dropped))
-        service = cls(model, revision, gallery.without(embeddings.dropped), embeddings, index_kind)
+        served = servable(gallery, embeddings, gallery_source)
+        service = cls(model, revision, served, embeddings, index_kind)
         service.warm_up()
         log.info(
-            "loaded %d images, %d captions in %.1fs",
-            len(gallery),
-            len(gallery.caption_texts),
+            "loaded %d images (%d unreadable left out), %d captions in %.1fs",
+            len(served),
+            len(embeddings.dropped),
+            len(served.caption_texts),
             time.perf_counter() - start,
         )
         return service

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vse.errors import ModelLoadError
+
 EVIDENCE = ("agreement", "coherence", "alone")
 STOREY_LAMBDA = 0.8
 
@@ -296,7 +298,7 @@ class SuspicionTable:
         try:
             table = pq.read_table(path, columns=["image_id", "tag", "p_wrong"])
         except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{path} is not a tag suspicion table: {err}") from err
+            raise ModelLoadError(f"{path} is not a tag suspicion table: {err}") from err
         metadata = table.schema.metadata or {}
         return cls(
             table.column("image_id").to_pylist(),

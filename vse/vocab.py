@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from vse.errors import ModelLoadError
+
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 PAD_ID = 0
@@ -64,7 +66,10 @@ def load_vocabulary(folder: str | Path) -> Tokenizer:
     path = Path(folder) / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"the GRU text encoder needs its vocabulary at {path}")
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception that does not name the file
+        raise ModelLoadError(f"{path} is not a readable tokenizers file: {err}") from err
     if tokenizer.token_to_id(PAD_TOKEN) != PAD_ID or tokenizer.token_to_id(UNK_TOKEN) != UNK_ID:
-        raise ValueError(f"{path} is not a vocabulary of this project ([PAD]=0 and [UNK]=1 expected)")
+        raise ModelLoadError(f"{path} is not a vocabulary of this project ([PAD]=0 and [UNK]=1 expected)")
     return tokenizer
