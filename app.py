@@ -88,7 +88,10 @@ MAX_TAGS_PER_REVIEW = 200
 BACKUP_REPO = os.environ.get("VSE_FEEDBACK_REPO")
 BACKUP_SECONDS = float(os.environ.get("VSE_BACKUP_SECONDS", "60"))  # a kill loses at most this much
 # OAuth exists only on a Space with `hf_oauth: true`; locally reviewers type a name.
-OAUTH_ENABLED = bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
+# VSE_OAUTH=1 turns it on locally too, with Gradio's mocked sign-in (your own Hub login) to try the flow.
+OAUTH_ENABLED = bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID")) or bool(
+    os.environ.get("VSE_OAUTH")
+)
 
 log = logging.getLogger("app")
 IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif"}
@@ -206,6 +209,7 @@ class AppConfig:
     reviews_per_image: int = REVIEWS_PER_IMAGE
     backup: str | None = BACKUP_REPO  # Hub dataset repo id or folder the votes are backed up to
     backup_seconds: float = BACKUP_SECONDS
+    oauth: bool = OAUTH_ENABLED  # reviewers sign in with their Hub account (a Space with hf_oauth: true)
 
 
 class VSEApp:
@@ -347,7 +351,7 @@ class VSEApp:
     # ------------------------------------------------------------ review tab
     def reviewer(self, typed_name: str | None, profile: gr.OAuthProfile | None) -> str:
         """Who votes: the Hub username under OAuth, else the typed (or configured) name."""
-        if OAUTH_ENABLED:
+        if self.config.oauth:
             if profile is None:
                 raise refusal("Sign in with Hugging Face to review tags.")
             return profile.username
@@ -643,7 +647,7 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             position = gr.State(0)
             ticked_state = gr.State([])
             with gr.Row():
-                if OAUTH_ENABLED:
+                if app.config.oauth:
                     gr.LoginButton()
                     reviewer = gr.Textbox(visible=False, value="")
                 else:
@@ -673,7 +677,7 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             review_tab.select(
                 app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private"
             )
-            if OAUTH_ENABLED:
+            if app.config.oauth:
                 demo.load(app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private")
             else:  # a local reviewer's name is remembered in the browser across reloads
                 demo.load(restore_name, [saved_name], [reviewer], api_visibility="private").then(

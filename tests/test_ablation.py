@@ -35,3 +35,17 @@ def test_ablation_report_on_a_tiny_corpus(tmp_path):
     # The paired differences in the report are the per-seed differences of the runs.
     diffs = [a["test"]["rsum"] - b["test"]["rsum"] for a, b in zip(rows["default"], rows["baseline"], strict=True)]
     assert f"{np.mean(diffs):.1f} ± {np.std(diffs, ddof=1):.1f}" in report
+
+
+def test_the_recipes_robustness_curve_goes_on_a_model_card():
+    from training.ablation import recipe_robustness
+    from vse import VSEConfig
+    from vse.model_card import robustness_section
+
+    runs = lambda *values: [{"test": {"rsum": v}} for v in values]  # noqa: E731
+    raw = {"corpus": {"noise": {"default": {"0.5": runs(90.0, 94.0), "0.0": runs(100.0, 102.0, 104.0)}}}}
+    curve = recipe_robustness(raw, "corpus")
+    assert curve == {"0%": "102.0 ± 2.0 (3 seeds)", "50%": "92.0 ± 2.8 (2 seeds)"}  # ordered by level
+    config = VSEConfig(extra={"robustness": curve, "robustness_source": "The recipe, not this checkpoint."})
+    section = robustness_section(config)
+    assert "| 50% | 92.0 ± 2.8 (2 seeds) |" in section and section.endswith("not this checkpoint.")

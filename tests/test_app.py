@@ -238,10 +238,8 @@ def test_votes_are_rate_limited_per_reviewer(served, monkeypatch):
 def test_review_needs_sign_in_when_oauth_is_on(served, monkeypatch):
     import gradio as gr
 
-    import app as app_module
-
     _, app = served
-    monkeypatch.setattr(app_module, "OAUTH_ENABLED", True)
+    monkeypatch.setattr(app.config, "oauth", True)
     item = app.service.gallery.items[app.queue[2]]
     with pytest.raises(gr.Error, match="Sign in"):
         app.vote_api(item.id, item.tags[0], "wrong", "typed-name-is-ignored", None)
@@ -255,10 +253,8 @@ def test_review_needs_sign_in_when_oauth_is_on(served, monkeypatch):
 def test_review_controls_are_read_only_until_sign_in(served, monkeypatch):
     import gradio as gr
 
-    import app as app_module
-
     _, app = served
-    monkeypatch.setattr(app_module, "OAUTH_ENABLED", True)
+    monkeypatch.setattr(app.config, "oauth", True)
     *_, wrong, add, next_, skip = app.open_review(0, "", None)
     assert [c["interactive"] for c in (wrong, add, next_, skip)] == [False] * 4
     profile = gr.OAuthProfile({"name": "Ann", "preferred_username": "ann-hub", "profile": "", "picture": ""})

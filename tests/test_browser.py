@@ -177,3 +177,35 @@ def test_hostile_upload_gets_its_message_in_the_page(browser, tmp_path):
         page.get_by_text("This image cannot be used").first.wait_for(timeout=30_000)
         assert "not a readable image" in page.get_by_text("This image cannot be used").first.inner_text()
         page.close()
+
+
+def test_sign_in_with_gradios_mocked_oauth_then_review(browser, tmp_path, monkeypatch):
+    """The OAuth path in a browser: Gradio's mocked sign-in (its local stand-in for a Space's Hub login).
+
+    The only fake is the Hub's ``whoami`` call that the mock makes for the local
+    token; the login routes, the session cookie, the profile Gradio hands to the
+    handlers and the app's checks are the real ones.
+    """
+    import gradio.oauth
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_not_used_for_any_request")
+    fake_user = {"type": "user", "name": "oauth-tester", "fullname": "OAuth Tester", "avatarUrl": ""}
+    monkeypatch.setattr(gradio.oauth, "whoami", lambda *args, **kwargs: fake_user)
+    with running_app(tmp_path / "data", oauth=True) as (url, app):
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        page.get_by_role("tab", name="Review tags").click()
+        page.get_by_text("Sign in with Hugging Face").first.wait_for(timeout=30_000)
+        assert page.locator("#review-tags input[type=checkbox]").first.is_disabled()  # read-only until sign-in
+        page.goto(f"{url}login/huggingface")  # what the login button opens
+        page.get_by_role("tab", name="Review tags").click()
+        page.get_by_text("oauth-tester").first.wait_for(timeout=30_000)  # the button shows who is signed in
+        boxes = page.locator("#review-tags input[type=checkbox]")
+        page.wait_for_function(
+            "() => { const b = document.querySelector('#review-tags input[type=checkbox]'); return b && !b.disabled; }",
+            timeout=30_000,
+        )
+        boxes.first.click()
+        page.get_by_text("1 images reviewed by you").wait_for(timeout=30_000)
+        assert {vote.user for vote in app.store.votes()} == {"oauth-tester"}  # the Hub name, not a typed one
+        page.close()

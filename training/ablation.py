@@ -165,6 +165,19 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def recipe_robustness(raw: dict, corpus: str, row: str = "default") -> dict[str, str]:
+    """A row's test rsum at each injected tag-noise level (mean ± sample std over seeds), from ablation_runs.json.
+
+    For a model card: the curve of the recipe the model was trained with, measured
+    by the ablation at its own budget, not of the one checkpoint.
+    """
+    curve = raw[corpus]["noise"][row]
+    return {
+        f"{float(level):.0%}": f"{mean_std([run['test']['rsum'] for run in runs])} ({len(runs)} seeds)"
+        for level, runs in sorted(curve.items(), key=lambda item: float(item[0]))
+    }
+
+
 def results_table(rows: list[Row]) -> str:
     header = "| row | steps (+ estimator) | pairs/step | " + " | ".join(METRICS) + " | validation rsum |"
     lines = [header, "|---" * (len(METRICS) + 4) + "|"]

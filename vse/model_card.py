@@ -135,7 +135,8 @@ def robustness_section(config: VSEConfig) -> str:
         return "Not measured for this checkpoint (see docs/RESULTS.md of the project for the recipe's curve)."
     lines = ["| web tags replaced | test rsum |", "|---|---|"]
     lines += [f"| {_escape_cell(level)} | {_escape_cell(value)} |" for level, value in curve.items()]
-    return "\n".join(lines)
+    source = config.extra.get("robustness_source")
+    return "\n".join(lines) + (f"\n\n{source}" if source else "")
 
 
 def render_model_card(card_yaml: str, config: VSEConfig, metrics: dict[str, dict[str, float]], **kwargs: Any) -> str:
