@@ -116,8 +116,9 @@ def test_torch_and_numpy_inputs_agree_and_bad_input_is_refused():
 
 @pytest.mark.slow
 def test_coco_5k_scale_runs_in_chunks():
-    """5,000 images x 25,000 captions: the full protocol plus five 1K folds."""
+    """5,000 images x 25,000 captions: the full protocol, five 1K folds and 5K."""
     images, texts = noisy_embeddings(5000, 5, dim=64, noise=0.3, seed=1)
     results = coco_protocols(images.astype(np.float32), texts.astype(np.float32), 5)
-    assert set(results) == {"full", "1k"}
+    assert set(results) == {"full", "1k", "5k"}
+    assert results["5k"] == results["full"]  # five captions per image: COCO 5K is the full set
     assert results["1k"]["rsum"] >= results["full"]["rsum"]  # fewer distractors in 1K folds

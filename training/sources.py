@@ -3,8 +3,10 @@
 A source is any ``datasets`` dataset with an image column and a text column: a
 Hub dataset id, a local ``imagefolder`` (images plus ``metadata.jsonl`` with
 ``file_name`` and ``captions``/``caption``/``tags``), a folder written by
-``save_to_disk``, or data files (parquet, JSON lines, CSV).  Images may be an
-``Image`` feature, or paths/URLs, relative ones resolved against ``image_root``.
+``save_to_disk``, data files (parquet, JSON lines, CSV), or Karpathy's split
+file of COCO or Flickr30K (``dataset_coco.json``, read by ``training.karpathy``).
+Images may be an ``Image`` feature, or paths/URLs, relative ones resolved
+against ``image_root``.
 
 Rows are read twice, cheaply: once for ids and texts only (no image bytes), and
 once for images when features are computed; both passes see the same order.
@@ -85,6 +87,19 @@ def _load_split(cfg: SourceConfig, split: str):
     return datasets.load_dataset(cfg.path, split=split, revision=cfg.revision, streaming=cfg.streaming)
 
 
+def _load_splits(cfg: SourceConfig, kind: str):
+    """``split`` and ``extra_splits`` of a ``datasets`` source, concatenated."""
+    import datasets
+
+    try:
+        parts = [_load_split(cfg, split) for split in [cfg.split, *cfg.extra_splits]]
+    except (FileNotFoundError, ValueError) as err:
+        if isinstance(err, SourceError):
+            raise
+        raise SourceError(f"cannot load {kind} source {cfg.path!r} split {cfg.split!r}: {err}") from err
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
 def _column_names(ds) -> list[str]:
     names = ds.column_names
     if names is None:  # a streamed dataset without declared features
@@ -100,15 +115,11 @@ def load_source(cfg: SourceConfig, *, kind: str = "captions"):
     """
     import datasets
 
+    from training.karpathy import is_karpathy_file, load_karpathy  # it imports this module
+
     if not cfg.path:
         raise SourceError(f"no {kind} source configured (set path)")
-    try:
-        parts = [_load_split(cfg, split) for split in [cfg.split, *cfg.extra_splits]]
-    except (FileNotFoundError, ValueError) as err:
-        if isinstance(err, SourceError):
-            raise
-        raise SourceError(f"cannot load {kind} source {cfg.path!r} split {cfg.split!r}: {err}") from err
-    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    ds = load_karpathy(cfg) if is_karpathy_file(cfg.path) else _load_splits(cfg, kind)
     columns = _column_names(ds)
     needed = [cfg.image_column, cfg.text_column, *([cfg.id_column] if cfg.id_column else []), *cfg.where]
     missing = [c for c in needed if c not in columns]
