@@ -188,8 +188,10 @@ def queue_quality(served: ServedApp, truth: Truth) -> dict:
     first = [service.gallery.items[i].id for i in app.queue[: max(1, len(app.queue) // 10)]]
     overall = float(np.mean(flags))
     share = sum(per_image[i][0] for i in first) / max(1, sum(per_image[i][1] for i in first))
+    coverage = sum(per_image[i][0] for i in first) / max(1, sum(flags))
     return {"auc": injected_auc(np.array(probabilities), np.array(flags)), "overall_wrong": overall,
-            "queue10_wrong": share, "queue10_ratio": share / overall if overall else float("nan")}  # fmt: skip
+            "queue10_wrong": share, "queue10_ratio": share / overall if overall else float("nan"),
+            "queue10_coverage": coverage}  # fmt: skip
 
 
 def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int, flip: float, seed: int) -> float:
@@ -227,9 +229,11 @@ def run_arm(setting: Setting, seed: int, model0: Path, gallery: Path, name: str,
     finally:
         served.close()
     export(folder / "app" / "votes.db", folder / "corrections")
+    tick = time.perf_counter()
+    trained = train(setting, seed, folder / "run", folder / "corrections", reuse)
     result = {"arm": arm, "fraction": fraction, "images": count, "reviewers": reviewers, "flip": flip,
-              "votes": votes, "review_seconds": seconds,
-              **train(setting, seed, folder / "run", folder / "corrections", reuse)}  # fmt: skip
+              "votes": votes, "review_seconds": seconds, "train_seconds": time.perf_counter() - tick,
+              **trained}  # fmt: skip
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -285,9 +289,11 @@ def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise:
                 arms["queue10"]["test"] - arms["none"]["test"],
                 arms["random10"]["test"] - arms["none"]["test"],
             )
-            ratio = queue_gain / random_gain if random_gain > 0 else float("inf")
-            lines.append([f"seed {index}", f"{gap:+.1f}", f"{queue_gain:+.1f}", f"{100 * queue_gain / gap:.0f}%" if gap else "–",
-                          f"{random_gain:+.1f}", f"{ratio:.2f}×"])  # fmt: skip
+            lines.append(recovery_row(f"seed {index}", gap, queue_gain, random_gain))
+        gaps = [seed["arms"]["full"]["test"] - seed["arms"]["none"]["test"] for seed in seeds]
+        gains = {arm: [seed["arms"][arm]["test"] - seed["arms"]["none"]["test"] for seed in seeds]
+                 for arm in ("queue10", "random10")}  # fmt: skip
+        lines.append(recovery_row("mean", np.mean(gaps), np.mean(gains["queue10"]), np.mean(gains["random10"])))
     recovery = markdown_table(["", "gap (full − none)", "queue 10% gain", "share of the gap", "random 10% gain",
                                "queue / random"], lines)  # fmt: skip
     quality = [seed["quality"] for seed in seeds]
@@ -300,14 +306,20 @@ def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise:
              ["majority of three such reviewers", mean_std(rsum_of(seeds, "majority10")), seeds[0]["arms"]["majority10"]["votes"]]],
         )  # fmt: skip
     minutes = np.mean([seed["seconds"] for seed in seeds]) / 60
+    timing = (
+        f"{minutes:.0f} minutes per seed" if minutes >= 1 else "every run reused from an earlier invocation (`--reuse`)"
+    )
+    covered = [q["queue10_coverage"] for q in quality if "queue10_coverage" in q]
+    coverage = f"{100 * np.mean(covered):.1f}%" if covered else "an unmeasured share"
     return f"""## {corpus}
 
-{len(seeds)} seeds; {len(seeds[0]["arms"])} trainings per seed, {minutes:.0f} minutes per seed.
+{len(seeds)} seeds; {len(seeds[0]["arms"])} trainings per seed; {timing}.
 Web images: {seeds[0]["arms"]["full"]["images"]}; tags replaced by noise: {100 * mean_of(quality, "overall_wrong"):.1f}%.
 
 **The queue** (model 0, no review): per-tag P(wrong) AUC {mean_std([q["auc"] for q in quality], 3)} at finding the
 replaced tags; the first 10% of the queue holds {100 * mean_of(quality, "queue10_wrong"):.1f}% wrong tags against
-{100 * mean_of(quality, "overall_wrong"):.1f}% overall ({mean_std([q["queue10_ratio"] for q in quality], 2)}×).
+{100 * mean_of(quality, "overall_wrong"):.1f}% overall ({mean_std([q["queue10_ratio"] for q in quality], 2)}×) and
+{coverage} of all the wrong tags (a random 10% of the images: about 10%).
 
 {table}
 
@@ -319,6 +331,13 @@ At 10% of the images reviewed, per seed:
 
 ![test rsum against images reviewed, {corpus}]({plot})
 """
+
+
+def recovery_row(label: str, gap: float, queue_gain: float, random_gain: float) -> list[str]:
+    """gap, queue gain, its share of the gap, random gain, queue / random ("–" where random gained nothing)."""
+    share = f"{100 * queue_gain / gap:.0f}%" if gap > 0 else "–"
+    ratio = f"{queue_gain / random_gain:.2f}×" if random_gain > 0 else "– (random ≤ 0)"
+    return [label, f"{gap:+.1f}", f"{queue_gain:+.1f}", share, f"{random_gain:+.1f}", ratio]
 
 
 def mean_of(items: list[dict], key: str) -> float:
