@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,20 @@ from torch import nn
 
 from vse.images import pad_to_square, to_pixel_tensor
 from vse.onnx_copy import OnnxCopy, check_runtime, default_runtime, run_frozen
+
+
+@contextmanager
+def quiet_loading():
+    """Loads a local transformers model without its "Loading weights" progress bar (a command's output stays clean)."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)
@@ -218,7 +233,8 @@ class TransformersVisionBackbone(nn.Module):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         if load_weights:
-            self.model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+            with quiet_loading():
+                self.model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
         else:
             config = AutoConfig.from_pretrained(architecture_dir or source, trust_remote_code=False)
             self.model = AutoModel.from_config(config, trust_remote_code=False)

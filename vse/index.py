@@ -5,13 +5,28 @@ exact search (``exact_search``: one BLAS pass, then top-k selection) up to
 ``EXACT_MAX`` vectors, a graph index (faiss HNSW) beyond.  The switch point and
 the HNSW parameters come from the measurements in ``docs/PERFORMANCE.md``;
 ``kind=`` forces a type (faiss flat, fp16 or int8 storage, IVF-PQ are there too).
+
+``load_or_build_index`` keeps faiss indexes on disk: an HNSW build takes minutes
+at a million vectors, a memory-mapped read milliseconds.  A stored index is
+named by a key over everything it depends on (model, gallery, kind, build
+parameters, size), written atomically, and checked when read; anything that
+does not match is rebuilt, never used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # Up to this many vectors exact search answers a query in a few milliseconds; beyond,
 # HNSW answers in well under one (docs/PERFORMANCE.md: 0.25 ms at 100k and 1M).
@@ -19,7 +34,10 @@ EXACT_MAX = 50_000
 HNSW_NEIGHBOURS = 32  # M: graph degree
 HNSW_BUILD_DEPTH = 80  # efConstruction
 HNSW_SEARCH_DEPTH = 64  # efSearch
+IVF_PROBES = 16  # nprobe: inverted lists visited per query
 KINDS = ("auto", "exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
+# Part of every stored index's key: bump it when build_index changes what it builds.
+STORED_INDEX_FORMAT = 1
 
 
 def _as_float32(vectors: np.ndarray) -> np.ndarray:
@@ -37,6 +55,7 @@ class SearchIndex:
     kind: str
     size: int
     dim: int
+    origin: str = "built"  # "built" here, or "loaded" from a stored file
 
     def memory_bytes(self) -> int:
         """Size of the index's data structures (its serialised form)."""
@@ -99,35 +118,228 @@ def choose_kind(size: int) -> str:
     return "exact" if size <= EXACT_MAX else "hnsw"
 
 
-def build_index(embeddings: np.ndarray, kind: str = "auto", *, ivf_lists: int | None = None) -> SearchIndex:
-    """An index over (N, D) normalised embeddings; ``kind`` in KINDS."""
-    import faiss
-
-    vectors = _as_float32(embeddings)
-    size, dim = vectors.shape
+def resolve_kind(kind: str, size: int) -> str:
+    """``kind`` with "auto" replaced by the kind chosen for ``size`` vectors."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    kind = choose_kind(size) if kind == "auto" else kind
+    return choose_kind(size) if kind == "auto" else kind
+
+
+def build_parameters(kind: str, size: int, dim: int, ivf_lists: int | None = None) -> dict[str, int]:
+    """What shapes a ``kind`` index of (size, dim) vectors besides the vectors themselves.
+
+    Search-time settings (efSearch, nprobe) are left out: they are set after a
+    read as after a build, so changing them needs no rebuild.
+    """
+    if kind == "hnsw":
+        return {"neighbours": HNSW_NEIGHBOURS, "build_depth": HNSW_BUILD_DEPTH}
+    if kind == "ivfpq":
+        return {"lists": ivf_lists or max(16, int(4 * np.sqrt(size))), "subquantizers": max(1, dim // 4), "bits": 8}
+    return {}
+
+
+def _empty_faiss_index(kind: str, dim: int, params: dict[str, int]):
+    import faiss
+
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind in ("flat-fp16", "sq8"):
+        quantizer = faiss.ScalarQuantizer.QT_fp16 if kind == "flat-fp16" else faiss.ScalarQuantizer.QT_8bit
+        return faiss.IndexScalarQuantizer(dim, quantizer, faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["neighbours"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["build_depth"]
+        return index
+    quantizer = faiss.IndexFlatIP(dim)  # the faiss wrapper keeps it alive with the index
+    return faiss.IndexIVFPQ(
+        quantizer, dim, params["lists"], params["subquantizers"], params["bits"], faiss.METRIC_INNER_PRODUCT
+    )
+
+
+def _set_search_settings(index, kind: str) -> None:
+    if kind == "hnsw":
+        index.hnsw.efSearch = HNSW_SEARCH_DEPTH
+    elif kind == "ivfpq":
+        index.nprobe = IVF_PROBES
+
+
+def build_index(embeddings: np.ndarray, kind: str = "auto", *, ivf_lists: int | None = None) -> SearchIndex:
+    """An index over (N, D) normalised embeddings; ``kind`` in KINDS."""
+    vectors = _as_float32(embeddings)
+    size, dim = vectors.shape
+    kind = resolve_kind(kind, size)
     if kind == "exact":
         return SearchIndex(vectors, kind, size, dim)
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "flat-fp16":
-        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "sq8":
-        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_BUILD_DEPTH
-        index.hnsw.efSearch = HNSW_SEARCH_DEPTH
-    else:
-        lists = ivf_lists or max(16, int(4 * np.sqrt(size)))
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, lists, max(1, dim // 4), 8, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors[np.random.default_rng(0).choice(size, min(size, 64 * lists), replace=False)])
-        index.nprobe = 16
+    params = build_parameters(kind, size, dim, ivf_lists)
+    index = _empty_faiss_index(kind, dim, params)
+    if kind == "ivfpq":
+        sample = np.random.default_rng(0).choice(size, min(size, 64 * params["lists"]), replace=False)
+        index.train(vectors[sample])
+    _set_search_settings(index, kind)
     if size:
         if not index.is_trained:
             index.train(vectors)
         index.add(vectors)
     return SearchIndex(index, kind, size, dim)
+
+
+# ------------------------------------------------------------------ stored indexes
+@dataclass(frozen=True)
+class IndexStore:
+    """Where stored indexes are looked for: ``read_only`` folders (e.g. shipped assets) first,
+    then ``folder``, the only one written to."""
+
+    folder: Path
+    read_only: tuple[Path, ...] = ()
+
+
+def index_key(name: str, model: str, gallery: str, kind: str, params: dict, size: int, dim: int) -> dict:
+    """Everything a stored index depends on; a stored index is used only when all of it matches."""
+    return {"format": STORED_INDEX_FORMAT, "name": name, "model": model, "gallery": gallery,
+            "kind": kind, "params": params, "size": size, "dim": dim}  # fmt: skip
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def stored_index_path(folder: Path, key: dict) -> Path:
+    """``<folder>/<name>-<kind>-<digest[:16]>.faiss``; beside it a ``.json`` manifest."""
+    return Path(folder) / f"{key['name']}-{key['kind']}-{key_digest(key)[:16]}.faiss"
+
+
+def _manifest_path(index_path: Path) -> Path:
+    return index_path.with_suffix(".json")
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(temp_path)``, then rename over ``path``: a reader sees the old file or the whole new one.
+
+    Never rewritten in place: a running service that maps the old file keeps its
+    inode, where truncating it would crash that service (SIGBUS).
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed
+        stale.unlink(missing_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temp)
+        os.chmod(temp, 0o644)  # as an ordinary file, not mkstemp's owner-only mode
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, path)
+        _sync_folder(path.parent)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut (a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def save_stored_index(index: SearchIndex, path: Path, key: dict) -> None:
+    """Write a faiss index and then its manifest (key and byte size), each atomically.
+
+    The manifest goes last and is removed first, so a kill part-way leaves an
+    index without a manifest, which is never read.
+    """
+    import faiss
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _manifest_path(path).unlink(missing_ok=True)
+    _write_atomically(path, lambda temp: faiss.write_index(index.index, temp))
+    manifest = {"key": key, "digest": key_digest(key), "bytes": path.stat().st_size}
+    _write_atomically(_manifest_path(path), lambda temp: Path(temp).write_text(json.dumps(manifest, indent=1)))
+
+
+class StoredIndexError(RuntimeError):
+    """A stored index that is missing, incomplete, corrupt or made for something else."""
+
+
+def _read_faiss(path: Path):
+    """Memory-mapped where the file system allows (``IO_FLAG_MMAP_IFC`` maps flat, scalar-quantised,
+    HNSW and IVF indexes alike; plain ``IO_FLAG_MMAP`` maps only IVF lists), else read into memory."""
+    import faiss
+
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError:
+        return faiss.read_index(str(path))
+
+
+def read_stored_index(path: Path, key: dict) -> SearchIndex:
+    """The stored index at ``path`` if its manifest matches ``key`` and the file is whole."""
+    try:
+        manifest = json.loads(_manifest_path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise StoredIndexError(f"no readable manifest beside {path}: {err}") from err
+    if manifest.get("key") != key or manifest.get("digest") != key_digest(key):
+        raise StoredIndexError(f"{path} was made for something else")
+    if not path.is_file() or path.stat().st_size != manifest.get("bytes"):
+        raise StoredIndexError(f"{path} is missing or not of the size it was written with")
+    try:
+        index = _read_faiss(path)
+    except RuntimeError as err:
+        raise StoredIndexError(f"faiss cannot read {path}: {str(err).splitlines()[0]}") from err
+    if index.ntotal != key["size"] or index.d != key["dim"]:
+        raise StoredIndexError(f"{path} holds {index.ntotal} vectors of {index.d} dimensions, not the expected ones")
+    _set_search_settings(index, key["kind"])
+    return SearchIndex(index, key["kind"], key["size"], key["dim"], origin="loaded")
+
+
+def _load_stored(store: IndexStore, key: dict) -> SearchIndex | None:
+    for folder in (*store.read_only, store.folder):
+        path = stored_index_path(folder, key)
+        if not path.exists() and not _manifest_path(path).exists():
+            continue
+        start = time.perf_counter()
+        try:
+            index = read_stored_index(path, key)
+        except StoredIndexError as err:
+            log.warning("stored %s index not used, it will be rebuilt: %s", key["name"], err)
+            continue
+        log.info("loaded the %s index from %s (%s, %d vectors) in %.3f s",
+                 key["name"], path, key["kind"], key["size"], time.perf_counter() - start)  # fmt: skip
+        return index
+    return None
+
+
+def load_or_build_index(
+    embeddings: np.ndarray, kind: str, *, name: str, model: str, gallery: str, store: IndexStore | None
+) -> SearchIndex:
+    """The index of ``name`` ("image", "caption") read from ``store`` when one matches, else built
+    (and saved to ``store.folder``).  ``model`` and ``gallery`` are the digests the embeddings
+    depend on.  Exact search has no file to store: it keeps the matrix."""
+    vectors = _as_float32(embeddings)
+    size, dim = vectors.shape
+    kind = resolve_kind(kind, size)
+    key = index_key(name, model, gallery, kind, build_parameters(kind, size, dim), size, dim)
+    if store is not None and kind != "exact":
+        stored = _load_stored(store, key)
+        if stored is not None:
+            return stored
+    start = time.perf_counter()
+    index = build_index(vectors, kind)
+    log.info("built the %s index (%s, %d vectors) in %.1f s", name, kind, size, time.perf_counter() - start)
+    if store is not None and kind != "exact":
+        _save_quietly(index, stored_index_path(store.folder, key), key)
+    return index
+
+
+def _save_quietly(index: SearchIndex, path: Path, key: dict) -> None:
+    """Save, or log why not: a full disk or read-only data folder costs a rebuild next start, not this one."""
+    try:
+        save_stored_index(index, path, key)
+    except (OSError, RuntimeError) as err:
+        log.warning("could not save the %s index to %s: %s", key["name"], path, err)
+        return
+    log.info("saved the %s index to %s", key["name"], path)

@@ -3,8 +3,10 @@
 ``RetrievalService.load`` loads a model (Hub id or folder) and a gallery, then
 loads the gallery's embeddings if they were made by this exact model revision
 and gallery, or rebuilds them (with a progress bar) and caches them in the data
-folder; embeddings of another model are never used.  Queries return row indices
-into the gallery and the caption pool with cosine scores.
+folder; embeddings of another model are never used.  The search indexes are
+stored beside them and read back (memory-mapped) on later starts, under the same
+rule (``vse.index.load_or_build_index``).  Queries return row indices into the
+gallery and the caption pool with cosine scores.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from vse.errors import GalleryError
 from vse.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
-from vse.index import SearchIndex, build_index
+from vse.index import IndexStore, SearchIndex, load_or_build_index
 from vse.model import VSEModel
 from vse.suspicion import TagPairs, tag_suspicion
 from vse.text import normalize_tag
@@ -88,6 +90,16 @@ def embed_gallery(
     return GalleryEmbeddings(images, captions, "", gallery.fingerprint, embed_tag_lists(model, kept), dropped)
 
 
+def cache_folder(data_dir: Path, revision: str, fingerprint: str) -> Path:
+    """``<data_dir>/index/<model digest[:16]>-<gallery fingerprint[:16]>``: embeddings and indexes."""
+    return data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}"
+
+
+def shipped_folder(gallery_source: Path) -> Path | None:
+    """The ``index`` folder shipped beside a gallery folder (read, never written)."""
+    return gallery_source.parent / "index" if gallery_source.is_dir() else None
+
+
 def servable(gallery: Gallery, embeddings: GalleryEmbeddings, source: str) -> Gallery:
     """The gallery without its unreadable images; ``GalleryError`` when that leaves nothing to serve."""
     served = gallery.without(embeddings.dropped)
@@ -99,16 +111,27 @@ def servable(gallery: Gallery, embeddings: GalleryEmbeddings, source: str) -> Ga
 
 
 class RetrievalService:
-    """A model, a gallery, its embeddings and their search indexes."""
+    """A model, a gallery, its embeddings and their search indexes.
+
+    With an ``index_store`` the indexes are read from it when stored ones match
+    this model revision, these embeddings' gallery, kind and size, else built and
+    saved there; ``image_index.origin`` / ``caption_index.origin`` say which.
+    """
 
     def __init__(
-        self, model: VSEModel, revision: str, gallery: Gallery, embeddings: GalleryEmbeddings, index_kind: str = "auto"
+        self,
+        model: VSEModel,
+        revision: str,
+        gallery: Gallery,
+        embeddings: GalleryEmbeddings,
+        index_kind: str = "auto",
+        index_store: IndexStore | None = None,
     ):
         if embeddings.images.shape[0] != len(gallery) or embeddings.captions.shape[0] != len(gallery.caption_texts):
             raise ValueError("embeddings do not match the gallery")
         self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
-        self.image_index: SearchIndex = build_index(embeddings.images.numpy(), index_kind)
-        self.caption_index: SearchIndex = build_index(embeddings.captions.numpy(), index_kind)
+        self.image_index: SearchIndex = self._index("image", embeddings.images, index_kind, index_store)
+        self.caption_index: SearchIndex = self._index("caption", embeddings.captions, index_kind, index_store)
         self._suspicion: list[np.ndarray] | None = None
 
     @classmethod
@@ -131,9 +154,13 @@ class RetrievalService:
         if skipped:
             log.warning("gallery %s: skipped %s", gallery_source, skipped)
         embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir), progress)
-        report("building the search indexes", 0, 0)
+        report("preparing the search indexes", 0, 0)
         served = servable(gallery, embeddings, gallery_source)
-        service = cls(model, revision, served, embeddings, index_kind)
+        shipped = shipped_folder(Path(gallery_source))
+        store = IndexStore(
+            cache_folder(Path(data_dir), revision, embeddings.gallery), (shipped,) if shipped is not None else ()
+        )
+        service = cls(model, revision, served, embeddings, index_kind, store)
         service.warm_up()
         log.info(
             "loaded %d images (%d unreadable left out), %d captions in %.1fs",
@@ -154,8 +181,8 @@ class RetrievalService:
         progress: Progress | None = None,
     ) -> GalleryEmbeddings:
         fingerprint = gallery.fingerprint
-        shipped = gallery_source.parent / "index" if gallery_source.is_dir() else None
-        for folder in [f for f in (shipped, data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}") if f]:
+        cache = cache_folder(data_dir, revision, fingerprint)
+        for folder in [f for f in (shipped_folder(gallery_source), cache) if f]:
             found = GalleryEmbeddings.load(folder, revision, fingerprint)
             if found is not None:
                 log.info("gallery embeddings from %s", folder)
@@ -163,8 +190,13 @@ class RetrievalService:
         log.info("no embeddings for this model revision and gallery: indexing %d images", len(gallery))
         built = embed_gallery(model, gallery, progress=progress)
         built.digest = revision
-        built.save(data_dir / "index" / f"{revision[:16]}-{fingerprint[:16]}")
+        built.save(cache)
         return built
+
+    def _index(self, name: str, vectors: torch.Tensor, kind: str, store: IndexStore | None) -> SearchIndex:
+        return load_or_build_index(
+            vectors.numpy(), kind, name=name, model=self.revision, gallery=self.embeddings.gallery, store=store
+        )
 
     def warm_up(self) -> None:
         """Encode one query and one image, so that one-off work (exporting the

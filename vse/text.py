@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from vse.backbones import quiet_loading
 from vse.onnx_copy import OnnxCopy, check_runtime, default_runtime, run_frozen
 from vse.vocab import PAD_ID, UNK_ID, save_vocabulary
 
@@ -131,7 +132,8 @@ class TransformerTextEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if load_weights:
-            self.backbone = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+            with quiet_loading():
+                self.backbone = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
         else:
             config = AutoConfig.from_pretrained(architecture_dir or source, trust_remote_code=False)
             self.backbone = AutoModel.from_config(config, trust_remote_code=False)
