@@ -228,3 +228,12 @@ def test_an_upload_over_the_size_limit_is_refused_before_the_app_reads_it(app_ur
     assert "maximum file size" in str(refused.value)  # gradio_client reads the limit from the app's config
     sent = httpx.post(f"{url}gradio_api/upload", files={"files": ("junk.png", path.read_bytes())}, timeout=60)
     assert sent.status_code == 413  # a client that ignores it is refused by the server
+
+
+@pytest.mark.parametrize("k", ["abc", None, 1e308, -3])
+def test_bad_k_through_gradio_client_gets_the_message(app_url, k):
+    from gradio_client import Client
+
+    url, _ = app_url
+    with pytest.raises(Exception, match="whole number from 1 to 48"):
+        Client(url, verbose=False).predict("a red apple", k, api_name="/search")
