@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks.hostile " + " ".join(argv if argv is not None else sys.argv[1:])
         library = len(IMAGE_CASES) + len(TEXT_CASES) + len(VOTE_CASES)
         classes = [
-            ["images (library: `load_image`)", len(IMAGE_CASES), "`tests/test_hostile_inputs.py`"],
+            ["images (`load_image`, and each one uploaded through the app by gradio_client)", len(IMAGE_CASES),
+             "`tests/test_hostile_inputs.py`, `tests/test_hostile_app.py`"],
             ["query texts", len(TEXT_CASES), "`tests/test_hostile_inputs.py`"],
             ["votes (feedback store)", len(VOTE_CASES), "`tests/test_hostile_inputs.py`"],
             ["uploads through the app's HTTP API", len(UPLOAD_CASES), "`tests/test_hostile_app.py`"],
