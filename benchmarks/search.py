@@ -1,18 +1,25 @@
-"""Search benchmark: exact search against the project's index choices, 10k to 1M vectors.
+"""Search benchmark: exact search against the project's index choices, on real embeddings
+and on synthetic ones from 10k to 1M vectors.
 
-    python -m benchmarks.search [--sizes 10000 100000 1000000] [--dim 256]
+    python -m benchmarks.search [--sizes 10000 100000 1000000] [--dim 256] [--kinds ...]
+                                [--views 2] [--no-corpora]
 
-For each size: clustered synthetic embeddings of the model's dimension (and the
-demo's real embeddings), each index kind's build time, memory, single-query
-p50/p99 latency, batch throughput and recall@10 against exact search; beside
-exact search, the memory-bandwidth bound N·d·4 bytes ÷ the streaming read
-bandwidth measured in the same run.  Writes the "search" section of
-docs/PERFORMANCE.md and docs/perf_search.png.
+Real embeddings (when assets/ is built): the demo gallery's images queried by its
+captions; the images and ``--views`` augmented copies of each, encoded by the demo
+model, queried by captions; and a pool of every real embedding (images, views,
+captions, tag lists, and, where data/ holds the development corpora, the model's
+encodings of their every caption, title, tag list and tag) queried by held-out rows.
+Synthetic: clustered unit vectors of the model's dimension.  For each set and index
+kind: build time, memory, single-query p50/p99 latency, batch throughput and
+recall@10 against exact search; beside exact search, the memory-bandwidth bound
+N·d·4 bytes ÷ the streaming read bandwidth measured in the same run.  Writes the
+"search" section of docs/PERFORMANCE.md and docs/perf_search.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +35,14 @@ from benchmarks.common import (
     read_bandwidth_gbs,
     write_section,
 )
-from vse.index import build_index, exact_search
+from vse.index import (
+    EXACT_MAX,
+    HNSW_BUILD_DEPTH,
+    HNSW_NEIGHBOURS,
+    build_index,
+    exact_search,
+    hnsw_search_depth,
+)
 
 KINDS = ("exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
 SINGLE_QUERIES = 300
@@ -48,7 +62,20 @@ def ground_truth(data: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarr
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true top-k ids among the found ones, averaged over queries."""
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+def tie_aware_recall(data: np.ndarray, queries: np.ndarray, found: np.ndarray, truth: np.ndarray) -> float:
+    """Recall@k where a found row counts if it scores at least the k-th true score.
+
+    Real embeddings hold exact duplicates (one image in two galleries, one tag list
+    on many images): which of several equal rows is returned is not an error.
+    """
+    kth = np.einsum("qd,qd->q", data[truth[:, -1]], queries)
+    scores = np.einsum("qkd,qd->qk", data[np.maximum(found, 0)], queries)
+    hits = (scores >= kth[:, None] - 1e-5) & (found >= 0)
+    return float(np.mean(np.minimum(hits.sum(axis=1), truth.shape[1]) / truth.shape[1]))
 
 
 def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -76,7 +103,8 @@ def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray)
         "p50_ms": percentile_ms(latencies, 50),
         "p99_ms": percentile_ms(latencies, 99),
         "qps_batch": throughput,
-        "recall@10": recall_at(found, truth),
+        "recall@10": tie_aware_recall(data, queries, found, truth),
+        "id_recall@10": recall_at(found, truth),
     }
 
 
@@ -89,21 +117,137 @@ def run_size(name: str, data: np.ndarray, queries: np.ndarray, kinds: tuple[str,
         rows.append(row)
         print(f"{name:>14} {kind:>9}: build {row['build_s']:7.2f}s  mem {row['memory_mb']:8.1f} MB  "
               f"p50 {row['p50_ms']:7.3f} ms  p99 {row['p99_ms']:7.3f} ms  {row['qps_batch']:9.0f} q/s  "
-              f"recall@10 {row['recall@10']:.3f}", flush=True)  # fmt: skip
+              f"recall@10 {row['recall@10']:.3f} (ids {row['id_recall@10']:.3f})", flush=True)  # fmt: skip
     return rows
 
 
-def real_embeddings() -> tuple[np.ndarray, np.ndarray] | None:
-    """The demo gallery's image embeddings and its captions as queries, when assets exist."""
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = ("openclipart", "emoji")  # development corpora under data/, when present
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length; all-zero rows (untagged images) dropped."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    keep = norms[:, 0] > 0.5
+    return vectors[keep] / norms[keep]
+
+
+def assets_embeddings() -> dict[str, np.ndarray] | None:
+    """The demo's shipped image, caption and tag-list embeddings, when assets exist."""
     from vse.gallery import EMBEDDINGS_FILE
 
-    path = Path(__file__).resolve().parents[1] / "assets" / "index" / EMBEDDINGS_FILE
+    path = ROOT / "assets" / "index" / EMBEDDINGS_FILE
     if not path.is_file():
         return None
     from safetensors.numpy import load_file
 
-    tensors = load_file(str(path))
-    return tensors["images"].astype(np.float32), tensors["captions"].astype(np.float32)
+    return {name: unit_rows(tensor) for name, tensor in load_file(str(path)).items()}
+
+
+def corpus_texts(root: Path) -> tuple[list[str], list[str]]:
+    """(captions, other texts: titles, tag lists, distinct tags) of the corpora under ``root``."""
+    import datasets
+
+    from vse.text import tags_to_text
+
+    captions, others, tags = [], [], set()
+    for name in CORPORA:
+        for folder in sorted((root / name).glob("*/dataset_dict.json")):
+            for split in datasets.load_from_disk(str(folder.parent)).values():
+                others += split["title"]
+                if "captions" in split.column_names:
+                    captions += [c for row in split["captions"] for c in row]
+                if "tags" in split.column_names:
+                    others += [tags_to_text(row) for row in split["tags"] if row]
+                    tags.update(t for row in split["tags"] for t in row)
+    return [c for c in captions if c], [t for t in others + sorted(tags) if t]
+
+
+def augmented(image, rng: np.random.Generator):
+    """A random crop (60-100% of the side), flip and small rotation of a PIL image."""
+    width, height = image.size
+    side = rng.uniform(0.6, 1.0)
+    w, h = max(8, int(width * side)), max(8, int(height * side))
+    left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    image = image.crop((left, top, left + w, top + h)).rotate(float(rng.uniform(-15, 15)), fillcolor="white")
+    return image.transpose(0) if rng.random() < 0.5 else image  # 0: FLIP_LEFT_RIGHT
+
+
+def gallery_images() -> list:
+    """The demo gallery's thumbnails as PIL images (empty without assets/gallery)."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    shards = sorted((ROOT / "assets" / "gallery").glob("gallery-*.parquet"))
+    encoded = [b for shard in shards for b in pq.read_table(shard, columns=["image"]).column("image").to_pylist()]
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in encoded]
+
+
+def encode_real(model, views: int, use_corpora: bool) -> dict[str, np.ndarray]:
+    """The model's embeddings of ``views`` augmented copies of each gallery image and, when
+    data/ exists, of every corpus text: {"augmented": ..., "captions": ..., "texts": ...}."""
+    start, out = time.perf_counter(), {}
+    rng, images = np.random.default_rng(0), gallery_images() if views else []
+    chunks = [
+        model.encode_image([augmented(image, rng) for image in images[start : start + 256]], batch_size=64)
+        for _ in range(views)
+        for start in range(0, len(images), 256)
+    ]  # augmented a chunk at a time: all views at once would hold gigabytes of pixels
+    if chunks:
+        out["augmented"] = np.concatenate([c.numpy() for c in chunks])
+    if use_corpora and (ROOT / "data").is_dir():
+        captions, others = corpus_texts(ROOT / "data")
+        out["captions"] = model.encode_text(captions, batch_size=128).numpy()
+        out["texts"] = model.encode_text(others, batch_size=128).numpy()
+    counts = ", ".join(f"{len(v):,} {k}" for k, v in out.items())
+    print(f"encoded {counts} in {time.perf_counter() - start:.0f} s", flush=True)
+    return {name: unit_rows(vectors) for name, vectors in out.items() if len(vectors)}
+
+
+def load_model():
+    from vse.model import VSEModel
+
+    return VSEModel.from_pretrained(str(ROOT / "assets" / "model")).eval()
+
+
+def distinct(vectors: np.ndarray) -> np.ndarray:
+    """Rows without exact duplicates, in a fixed order."""
+    return np.unique(vectors, axis=0)
+
+
+def sample_rows(vectors: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, sample): ``count`` random rows split off ``vectors``."""
+    order = np.random.default_rng(seed).permutation(len(vectors))
+    return vectors[order[count:]], vectors[order[:count]]
+
+
+def real_sets(views: int, use_corpora: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, data, queries) of real embeddings, when assets exist:
+
+    - the demo's images, queried by its captions (as the app searches);
+    - the gallery images and their augmented views, queried by captions: the app's
+      cross-modal case (the hardest for a graph index) at a larger size;
+    - every real embedding pooled (images, views, captions, tag lists, corpus titles and
+      tags), queried by held-out rows of the pool.
+    """
+    assets = assets_embeddings()
+    if assets is None:
+        return []
+    extra = encode_real(load_model(), views, use_corpora) if (ROOT / "assets" / "model").is_dir() else {}
+    source = "assets" + (" + data/" if "texts" in extra else "") + (f", {views} views" if views else "")
+    captions = distinct(np.concatenate([assets["captions"], extra.get("captions", assets["captions"][:0])]))
+    images = distinct(np.concatenate([assets["images"], *([extra["augmented"]] if "augmented" in extra else [])]))
+    texts = [assets["tags"], *([extra["texts"]] if "texts" in extra else [])]
+    pool, held = sample_rows(distinct(np.concatenate([images, captions, *texts])), BATCH_QUERIES)
+    queries = sample_rows(captions, min(BATCH_QUERIES, len(captions)))[1]
+    return [
+        (f"demo {len(assets['images']):,} caption→image", assets["images"], assets["captions"][:BATCH_QUERIES]),
+        (f"real {len(images):,} caption→image ({source})", images, queries),
+        (f"real {len(pool):,} pool→pool ({source})", pool, held),
+    ]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -122,7 +266,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def report(rows: list[dict], bandwidth: float, dim: int, command: str) -> str:
     table = markdown_table(
-        ["data", "index", "build s", "memory MB", "p50 ms", "p99 ms", "batch q/s", "recall@10"],
+        ["data", "index", "build s", "memory MB", "p50 ms", "p99 ms", "batch q/s", "recall@10", "id recall@10"],
         [
             [
                 r["data"],
@@ -133,6 +277,7 @@ def report(rows: list[dict], bandwidth: float, dim: int, command: str) -> str:
                 r["p99_ms"],
                 r["qps_batch"],
                 r["recall@10"],
+                r["id_recall@10"],
             ]
             for r in rows
         ],
@@ -148,10 +293,20 @@ def report(rows: list[dict], bandwidth: float, dim: int, command: str) -> str:
 
 `{command}` · {machine_line()} · streaming read bandwidth measured in the same run: **{bandwidth:.1f} GB/s** · dimension {dim}.
 
-Queries are held-out points of the same distribution (for the demo: its caption
-embeddings against its image embeddings). Single-query latency is one query per
-call; batch throughput is {BATCH_QUERIES:,} queries in one call. Memory is the
-index's own size (for exact search: the float32 matrix).
+Real embeddings come first: the demo's images queried by its captions (as the app
+searches); its images and their augmented views, encoded by the demo model, queried
+by captions; and every real embedding pooled (images, views, captions, tag lists,
+and the model's encodings of every caption, title, tag list and tag of data/ when
+present: the source is named in each row), queried by held-out rows of the pool.
+Exact duplicates are removed from the larger real sets. Synthetic queries are held-out points of the same
+clusters. recall@10 counts a found row when it scores at least the 10th true score
+(any of several equal rows is right); "id recall@10" counts only the exact ids.
+Single-query latency is one query per call; batch throughput is {BATCH_QUERIES:,}
+queries in one call. Memory is the index's own size (for exact search: the float32
+matrix). The auto choice is exact search up to {EXACT_MAX:,} vectors, HNSW beyond
+(M {HNSW_NEIGHBOURS}, efConstruction {HNSW_BUILD_DEPTH}, efSearch {hnsw_search_depth(EXACT_MAX + 1)} up to
+100k vectors and {hnsw_search_depth(1_000_000)} up to 1M); the "hnsw" rows use the same settings at every size
+(efSearch by size).
 
 {table}
 
@@ -165,23 +320,27 @@ Exact search against the memory-bandwidth bound (N·d·4 bytes ÷ read bandwidth
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--views", type=int, default=2, help="augmented copies of each gallery image")
+    parser.add_argument("--no-corpora", action="store_true", help="leave data/'s texts out of the real pool")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args(argv)
     bandwidth = read_bandwidth_gbs()
     print(f"streaming read bandwidth: {bandwidth:.1f} GB/s")
     rows = []
-    real = real_embeddings()
-    if real is not None:
-        rows += run_size(f"demo {len(real[0]):,}", real[0], real[1][:BATCH_QUERIES], KINDS)
+    kinds = tuple(args.kinds)
+    for name, data, queries in real_sets(args.views, use_corpora=not args.no_corpora):
+        rows += run_size(name, data, queries, kinds)
     for size in args.sizes:
         both = clustered(size + BATCH_QUERIES, args.dim, seed=size)
         data, queries = both[:size], both[size:]
-        rows += run_size(f"clustered {size:,}", data, queries, KINDS)
+        rows += run_size(f"clustered {size:,}", data, queries, kinds)
         del both, data
     if not args.no_report:
-        command = "python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:])
+        threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+        command = f"{threads}python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:])
         write_section("search", report(rows, bandwidth, args.dim, command.strip()))
         plot(rows, REPORT.parent / "perf_search.png")
     return 0
