@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pytest
 
+from tests.test_metrics import naive_metrics  # ranks by sorting every list
 from training.evaluate import protocol_metrics, protocol_notes
 from training.pairs import EvalSet, ImageInputs
 from training.sources import SourceError
@@ -33,25 +34,6 @@ def naive_first_captions(owners: list[int], per_image: int) -> dict[int, list[in
         if len(kept.setdefault(owner, [])) < per_image:
             kept[owner].append(position)
     return kept
-
-
-def naive_metrics(images: np.ndarray, texts: np.ndarray, owners: list[int]) -> dict[str, float]:
-    """Recall@K, medr, meanr and rsum by sorting every ranking; ties put negatives first."""
-    i2t, t2i = [], []
-    for i in range(len(images)):
-        order = sorted(range(len(texts)), key=lambda j: (-float(images[i] @ texts[j]), owners[j] == i))
-        i2t.append(min(pos for pos, j in enumerate(order) if owners[j] == i))
-    for j in range(len(texts)):
-        order = sorted(range(len(images)), key=lambda i: (-float(images[i] @ texts[j]), i == owners[j]))
-        t2i.append(order.index(owners[j]))
-    out = {}
-    for prefix, ranks in (("i2t", np.array(i2t)), ("t2i", np.array(t2i))):
-        for k in (1, 5, 10):
-            out[f"{prefix}_R@{k}"] = 100.0 * np.mean(ranks < k)
-        out[f"{prefix}_medr"] = np.floor(np.median(ranks)) + 1
-        out[f"{prefix}_meanr"] = ranks.mean() + 1
-    out["rsum"] = sum(out[f"{p}_R@{k}"] for p in ("i2t", "t2i") for k in (1, 5, 10))
-    return out
 
 
 def naive_protocol(images, texts, owners, image_ids: list[int], per_image: int = 5) -> dict[str, float]:
