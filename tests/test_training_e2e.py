@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -126,6 +127,136 @@ def test_interrupted_run_resumes_to_the_same_weights_and_refuses_a_changed_confi
     assert train_main([*base, f"--output_dir={interrupted}", "--resume=false", "--seed=1"]) == 0
     assert [r["epoch"] for r in read_log(interrupted)] == [1, 2, 3, 1, 2]
     assert len(list(interrupted.glob("curriculum-*.npy"))) == 2  # keyed by the stage-one model it came from
+
+
+class SimulatedCrash(Exception):
+    """The process dies (here: while writing a checkpoint)."""
+
+
+def crash_at_checkpoint(monkeypatch, number: int) -> None:
+    """Make the ``number``-th checkpoint of the next run die before it is written."""
+    from training import loop
+
+    calls = []
+
+    def save_or_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise SimulatedCrash(f"killed while writing checkpoint {number}")
+        return save_checkpoint(*args, **kwargs)
+
+    save_checkpoint = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", save_or_crash)
+
+
+def epoch_records(output: Path) -> list[dict]:
+    keep = ("stage", "epoch", "global_step", "steps", "lr", "loss", "val_rsum", "temperature", "pairs")
+    return [{k: r.get(k) for k in keep} for r in read_log(output) if r["stage"] in ("stage1", "stage2")]
+
+
+def test_a_run_crashed_and_stopped_mid_epoch_resumes_to_the_same_weights(
+    shapes, tmp_path, tiny_vit, tiny_bert, monkeypatch, caplog
+):
+    """Step-granular resume: weights, Adam state, learned temperature, learning-rate decay, batch order,
+    dropout (a fine-tuned text model), noise-aware weights and the curriculum all come back."""
+    from training.checkpoint import read_checkpoint_state
+
+    monkeypatch.setenv("VSE_RUNTIME", "torch")  # no ONNX copies of the fine-tuned text model between epochs
+    # Steps 1-6: stage one, two epochs of 3; steps 7-10: stage two, two epochs of 2.
+    base = train_args(
+        shapes, tmp_path / "unused", tmp_path / "cache", f"--model.image_backbone={tiny_vit}",
+        "--model.image_pooling=cls", f"--model.text_model={tiny_bert}", "--model.finetune_text=true",
+        "--stage1.include_web=true", "--web.unit=tags", "--web.noise_aware=true", "--web.suspicion_steps=1",
+        "--web.suspicion_rounds=1", "--web.batch_size=8", "--stage1.loss.kind=infonce", "--stage1.optim.batch_size=8",
+        "--stage1.optim.epochs=2", "--stage1.optim.steps_per_epoch=3", "--stage2.optim.batch_size=8",
+        "--stage2.optim.epochs=2", "--stage2.optim.steps_per_epoch=2", "--stage2.optim.lr_decay_epochs=1",
+        "--stage2.replay_clean=0.5",
+    )  # fmt: skip
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train_main([*base, f"--output_dir={straight}"]) == 0
+    run = [*base, f"--output_dir={interrupted}"]
+
+    with monkeypatch.context() as patch:
+        crash_at_checkpoint(patch, 2)  # checkpoints after every step; dies writing step 2's
+        with pytest.raises(SimulatedCrash):
+            train_main([*run, "--checkpoint_every_steps=1"])
+    assert read_checkpoint_state(interrupted)["steps_done"] == 1  # step 2 is lost and redone
+    assert train_main([*run, "--stop_after_steps=9"]) == 0  # stops in stage two, epoch 2, after step 1
+    assert not (interrupted / "model").exists()
+    state = read_checkpoint_state(interrupted)
+    assert (state["stage"], state["epoch"], state["step"], state["steps_done"]) == ("stage2", 1, 1, 9)
+    caplog.set_level("INFO")
+    assert train_main(run) == 0
+    assert "stage2: resuming at step 1 of epoch 2" in caplog.text
+
+    assert epoch_records(interrupted) == epoch_records(straight)  # every epoch logged once, with the same loss
+    for folder in ("model", "checkpoint/model"):  # the selected model and the last weights
+        first = VSEModel.from_pretrained(straight / folder).state_dict()
+        second = VSEModel.from_pretrained(interrupted / folder).state_dict()
+        assert first.keys() == second.keys()
+        for name in first:
+            torch.testing.assert_close(second[name], first[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def quick_args(shapes: Path, output: Path, cache: Path, *extra: str) -> list[str]:
+    """Stage one only, a GRU text encoder: two epochs of three steps in about a second."""
+    return train_args(shapes, output, cache, "--model.text_encoder=gru", "--data.min_word_frequency=1",
+                      "--model.word_dim=16", "--stage2.enabled=false", "--stage1.optim.epochs=2",
+                      "--stage1.optim.steps_per_epoch=3", *extra)  # fmt: skip
+
+
+def test_tensorboard_tracker_gets_every_epoch_record(shapes, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = tmp_path / "run"
+    assert train_main(quick_args(shapes, output, tmp_path / "cache", "--log.trackers=[tensorboard]")) == 0
+    events = EventAccumulator(str(output / "logs" / "webly-vse"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("stage1/loss")]
+    expected = [(r["global_step"], r["loss"]) for r in read_log(output)]  # metrics.jsonl is written as before
+    assert [step for step, _ in logged] == [step for step, _ in expected] == [3, 6]
+    assert [value for _, value in logged] == pytest.approx([value for _, value in expected], rel=1e-6)
+    assert "stage1/val_rsum" in events.Tags()["scalars"]
+
+
+def test_missing_tracker_and_fp16_without_cuda_are_refused_at_start(shapes, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name))
+    output = tmp_path / "run"
+    assert train_main(quick_args(shapes, output, tmp_path / "cache", "--log.trackers=[wandb]")) == 2
+    assert capsys.readouterr().err == "error: log.trackers: wandb is not installed (pip install wandb)\n"
+    assert not output.exists()  # refused before anything was written
+    if not torch.cuda.is_available():
+        assert train_main(quick_args(shapes, output, tmp_path / "cache", "--mixed_precision=fp16")) == 2
+        assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision mode per process; let a test choose another, then restore."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU's bfloat16 autocast")
+def test_bf16_on_cpu_trains_with_autocast_and_saves_float32(shapes, tmp_path, fresh_accelerator_state):
+    cache = tmp_path / "cache"
+    assert train_main(quick_args(shapes, tmp_path / "fp32", cache)) == 0
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    assert train_main(quick_args(shapes, tmp_path / "bf16", cache, "--mixed_precision=bf16")) == 0
+    fp32, bf16 = read_log(tmp_path / "fp32"), read_log(tmp_path / "bf16")
+    assert all(math.isfinite(r["loss"]) for r in bf16)
+    assert [r["loss"] for r in bf16] != [r["loss"] for r in fp32]  # the steps really ran in bfloat16
+    assert [r["loss"] for r in bf16] == pytest.approx([r["loss"] for r in fp32], rel=0.1)
+    weights = VSEModel.from_pretrained(tmp_path / "bf16" / "model").state_dict()
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
 
 
 def test_selection_spans_both_stages(shapes, tmp_path):

@@ -50,11 +50,24 @@ def test_config_file_and_overrides(tmp_path):
         ("--stage1.loss.kind=triplet", "loss kind"),
         ("--web.unit=words", "web unit"),
         ("--data.web_tag_noise=1.5", "web_tag_noise"),
+        ("--log.trackers=[tensorboard, neptune]", "unknown trackers \\['neptune'\\]"),
+        ("--log.trackers=tensorboard", "expected a list"),
+        ("--mixed_precision=fp8", "mixed_precision must be one of"),
+        ("--mixed_precision=true", "mixed_precision must be one of"),
+        ("--tensorboard=true", "unknown config keys"),  # replaced by log.trackers
+        ("--stop_after_steps=-1", "must not be negative"),
     ],
 )
 def test_bad_overrides_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, None, [override])
+
+
+def test_mixed_precision_no_survives_yaml():
+    """YAML reads a bare ``no`` as false; accelerate's name for float32 must still work, in files and overrides."""
+    assert load_config(TrainConfig, None, ["--mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(TrainConfig, None, ["--mixed_precision=bf16"]).mixed_precision == "bf16"
+    assert TrainConfig().mixed_precision == "no"
 
 
 def test_ready_configs_parse():
@@ -170,6 +183,59 @@ def test_batch_streams_split_the_global_batch_without_overlap():
     assert len(seen) == len(set(seen)) == 48  # 4 global batches of 12, remainder dropped
     small = BatchStream(np.arange(5), 8, 0, FakeRuntime(0, 2))
     assert len(small.next()) == 2  # shrinks to what the data allows
+
+
+def test_a_batch_stream_continues_from_its_state_dict():
+    """A stream rebuilt from a checkpointed position draws the batches the original would have, across passes."""
+    original = BatchStream(np.arange(10), 4, 3, FakeRuntime())
+    for _ in range(3):  # into the second pass (2 batches per pass)
+        original.next()
+    resumed = BatchStream(np.arange(10), 4, 3, FakeRuntime())
+    resumed.load_state_dict(json.loads(json.dumps(original.state_dict())))  # as state.json holds it
+    for _ in range(5):
+        np.testing.assert_array_equal(resumed.next(), original.next())
+    fresh = BatchStream(np.arange(10), 4, 3, FakeRuntime())
+    fresh.load_state_dict(BatchStream(np.arange(10), 4, 3, FakeRuntime()).state_dict())
+    np.testing.assert_array_equal(fresh.next(), BatchStream(np.arange(10), 4, 3, FakeRuntime()).next())
+
+
+def test_random_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    from training.checkpoint import capture_random_state, restore_random_state
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    torch.save(capture_random_state(torch.device("cpu")), tmp_path / "streams.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())
+    restore_random_state(torch.load(tmp_path / "streams.pt", weights_only=True), torch.device("cpu"))
+    got = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2:] == expected[2:]
+
+
+def test_tracker_scalars_name_numbers_by_stage():
+    from training.checkpoint import tracker_scalars
+
+    record = {"time": 1.0, "stage": "stage1", "epoch": 2, "loss": 0.5, "selected": True, "val_rsum": float("nan"),
+              "pairs": {"captions": 10, "web_tags": 4}, "note": "x"}  # fmt: skip
+    assert tracker_scalars(record) == {
+        "stage1/epoch": 2.0, "stage1/loss": 0.5, "stage1/pairs/captions": 10.0, "stage1/pairs/web_tags": 4.0,
+    }  # fmt: skip
+
+
+def test_setup_refuses_fp16_without_cuda_and_missing_trackers(monkeypatch):
+    import importlib.util
+
+    from training.runtime import SetupError, check_setup
+
+    with pytest.raises(SetupError, match="fp16 needs a CUDA GPU"):
+        check_setup("fp16", [], cuda=False)
+    check_setup("bf16", [], cuda=False)  # CPUs autocast to bfloat16
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name))
+    with pytest.raises(SetupError, match=r"^log.trackers: wandb is not installed \(pip install wandb\)$"):
+        check_setup("no", ["wandb"], cuda=False)
 
 
 # ------------------------------------------------------------------ feature cache

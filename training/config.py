@@ -84,6 +84,11 @@ class DataConfig:
 NOISE_KINDS = ("tag", "list")
 LOSS_KINDS = ("hinge", "infonce")
 WEB_UNITS = ("list", "tags")
+# accelerate's mixed-precision modes a run may ask for ("no": float32 throughout).
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+# Experiment trackers a run may log to besides metrics.jsonl, with the pip
+# package each one needs (accelerate drives them; none is installed by default).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
 
 @dataclass
@@ -198,6 +203,26 @@ class StageTwoConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a run's records go: always <output_dir>/metrics.jsonl, plus these trackers."""
+
+    # Experiment trackers that also receive every record, through accelerate:
+    # any of "tensorboard", "wandb", "trackio" (each needs its pip package; a
+    # missing one stops the run at start). Empty: metrics.jsonl only.
+    trackers: list[str] = field(default_factory=list)
+    # The trackers' project name: the wandb or trackio project, and TensorBoard's
+    # folder under <output_dir>/logs.
+    project: str = "webly-vse"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.trackers) - set(TRACKER_PACKAGES))
+        if unknown:
+            raise ValueError(f"unknown trackers {unknown}; choose from {sorted(TRACKER_PACKAGES)}")
+        if not self.project.strip():
+            raise ValueError("the trackers' project name must not be empty")
+
+
+@dataclass
 class TrainConfig:
     # The model architecture.
     model: VSEConfig = field(default_factory=VSEConfig)
@@ -218,13 +243,33 @@ class TrainConfig:
     eval_batch_size: int = 128
     # Evaluate on the validation split every this many epochs.
     eval_every: int = 1
-    # Also log to TensorBoard when it is installed.
-    tensorboard: bool = True
+    # Mixed precision of the training steps (accelerate): "no" (float32), "bf16"
+    # (GPUs with bfloat16, and CPUs) or "fp16" (CUDA only, with loss scaling).
+    # Weights and optimiser state stay float32 either way. (YAML reads a bare
+    # `no` as false, which is taken to mean "no".)
+    mixed_precision: str | bool = "no"
+    # Records besides metrics.jsonl: experiment trackers.
+    log: LogConfig = field(default_factory=LogConfig)
     # Show progress bars.
     progress: bool = True
     # Stop after this many epochs of the whole run (both stages), as if
     # interrupted; 0: run to the end. A later run with resume picks it up.
     stop_after_epochs: int = 0
+    # The same after this many optimisation steps of the whole run (suspicion
+    # folds not counted), mid-epoch if need be: the checkpoint then holds the
+    # position inside the epoch, so the resumed run ends as an uninterrupted one.
+    stop_after_steps: int = 0
+    # Also checkpoint every this many optimisation steps of the whole run (0:
+    # at the end of every epoch only), so that a crash loses at most that many.
+    checkpoint_every_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:
+            self.mixed_precision = "no"
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+        if min(self.stop_after_epochs, self.stop_after_steps, self.checkpoint_every_steps) < 0:
+            raise ValueError("stop_after_epochs, stop_after_steps and checkpoint_every_steps must not be negative")
 
 
 # Keys that may differ between a checkpoint and the run resuming it: they change
@@ -233,8 +278,11 @@ RUNTIME_KEYS = frozenset(
     {
         "resume",
         "progress",
-        "tensorboard",
+        "log.trackers",
+        "log.project",
         "stop_after_epochs",
+        "stop_after_steps",
+        "checkpoint_every_steps",
         "eval_batch_size",
         "data.cache_dir",
         "data.decode_workers",

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.checkpoint import MetricsLog, restore_checkpoint, save_checkpoint
+from training.checkpoint import (
+    MetricsLog,
+    capture_random_state,
+    read_checkpoint_streams,
+    restore_checkpoint,
+    restore_random_state,
+    save_checkpoint,
+)
 from training.config import LossConfig, OptimConfig
 from training.pairs import EvalSet, PairSet
 from training.runtime import Runtime, gather_with_grad
@@ -75,11 +82,23 @@ class BatchStream:
 
     def next(self) -> np.ndarray:
         if self._order is None or self._position + self.global_batch > len(self._order):
-            rng = np.random.default_rng([self.seed, self._pass])
-            self._order, self._position, self._pass = rng.permutation(self.indices), 0, self._pass + 1
+            self._order, self._position, self._pass = self._permutation(self._pass), 0, self._pass + 1
         batch = self._order[self._position : self._position + self.global_batch]
         self._position += self.global_batch
         return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def _permutation(self, number: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, number]).permutation(self.indices)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream is: passes started and the position in the current one (its order is
+        recomputed from the seed, so a checkpoint stays small)."""
+        return {"passes": self._pass, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue where ``state_dict`` was taken: the next batch is the one that stream would have drawn."""
+        self._pass, self._position = state["passes"], state["position"]
+        self._order = self._permutation(self._pass - 1) if self._pass else None
 
 
 @dataclass
@@ -115,8 +134,12 @@ def train_steps(
     *,
     progress: bool = True,
     desc: str = "train",
+    after_step: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
-    """Run ``num_steps`` optimisation steps with the given loss; returns mean loss and timing."""
+    """Run ``num_steps`` optimisation steps with the given loss; returns mean loss and timing.
+
+    ``after_step(loss)`` runs after every optimiser step (checkpoints, stopping mid-epoch).
+    """
     step.train()
     device = runtime.device
     losses, data_seconds, start = [], 0.0, time.perf_counter()
@@ -156,6 +179,8 @@ def train_steps(
             runtime.clip_grad_norm([p for p in step.parameters() if p.requires_grad], grad_clip)
         optimizer.step()
         losses.append(float(value.detach()))
+        if after_step is not None:
+            after_step(losses[-1])
     seconds = time.perf_counter() - start
     return {
         "loss": runtime.mean(float(np.mean(losses))) if losses else float("nan"),
@@ -273,38 +298,154 @@ class StageContext:
     run_state: dict  # identity of the run, written into every checkpoint (config, cache keys)
     stop_after_epochs: int = 0  # stop (as if interrupted) once the run has done this many epochs; 0: never
     epochs_done: int = 0  # epochs of the whole run done so far, every stage counted
+    stop_after_steps: int = 0  # the same in optimisation steps, mid-epoch if need be; 0: never
+    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many steps of the run; 0: never
+    steps_done: int = 0  # optimisation steps of the whole run done so far, every stage counted
+
+    def stop_reached(self) -> bool:
+        return bool(
+            (self.stop_after_epochs and self.epochs_done >= self.stop_after_epochs)
+            or (self.stop_after_steps and self.steps_done >= self.stop_after_steps)
+        )
+
+    def checkpoint_due(self) -> bool:
+        """Whether the step just done must be checkpointed (asked for, or the run stops here)."""
+        every = self.checkpoint_every_steps
+        return self.stop_reached() or bool(every and self.steps_done % every == 0)
 
 
 class Interrupted(Exception):
-    """The run stopped after ``stop_after_epochs`` epochs; its checkpoint resumes it."""
+    """The run stopped after ``stop_after_epochs`` epochs or ``stop_after_steps`` steps; its checkpoint resumes it."""
+
+
+@dataclass
+class StagePosition:
+    """Where a stage is: completed epochs, and inside the next one the steps done, their
+    losses and the term streams' positions (empty at an epoch boundary)."""
+
+    epoch: int = 0
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    streams: list[dict[str, int]] = field(default_factory=list)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "epoch_losses": self.losses, "streams": self.streams}
+
+    @classmethod
+    def from_state(cls, state: dict) -> StagePosition:
+        """The position a checkpoint's state.json holds (one written at an epoch boundary has no step)."""
+        return cls(state["epoch"], state.get("step", 0), state.get("epoch_losses", []), state.get("streams", []))
+
+
+def write_checkpoint(
+    ctx: StageContext, plan: StagePlan, step_module: EmbeddingStep, optimizer, position: StagePosition
+) -> None:
+    """Checkpoint the run at ``position``; every process takes part (their random states are gathered)."""
+    runtime = ctx.runtime
+    streams = {"random": runtime.gather_object(capture_random_state(runtime.device))}
+    if runtime.grad_scaler is not None:
+        streams["scaler"] = runtime.grad_scaler.state_dict()
+    if runtime.is_main:
+        state = {
+            **ctx.run_state,
+            "stage": plan.name,
+            **position.state(),
+            "steps_done": ctx.steps_done,
+            "logit_scale": float(step_module.logit_scale.item()),
+            **ctx.selection.state(),
+        }
+        save_checkpoint(ctx.output_dir, ctx.model, optimizer, state, streams)
+    runtime.wait()
+
+
+def resume_stage(
+    ctx: StageContext, plan: StagePlan, step_module: EmbeddingStep, optimizer, resume: dict
+) -> StagePosition:
+    """Restore weights, optimiser, temperature, random states and loss scaler; returns where to go on."""
+    runtime = ctx.runtime
+    restore_checkpoint(ctx.output_dir, ctx.model, optimizer)
+    step_module.logit_scale.data.fill_(resume.get("logit_scale", step_module.logit_scale.item()))
+    streams = read_checkpoint_streams(ctx.output_dir)
+    if streams is not None:
+        saved = streams["random"]
+        restore_random_state(saved[runtime.rank % len(saved)], runtime.device)
+        if runtime.grad_scaler is not None and "scaler" in streams:
+            runtime.grad_scaler.load_state_dict(streams["scaler"])
+    position = StagePosition.from_state(resume)
+    where = (
+        f"at step {position.step} of epoch {position.epoch + 1}" if position.step else f"after epoch {position.epoch}"
+    )
+    log.info("%s: resuming %s (best rsum %.2f)", plan.name, where, ctx.selection.best_rsum)
+    return position
+
+
+def step_hook(
+    ctx: StageContext,
+    plan: StagePlan,
+    step_module: EmbeddingStep,
+    optimizer: torch.optim.Optimizer,
+    position: StagePosition,
+    terms: list[Term],
+    total: int,
+) -> Callable[[float], None]:
+    """What follows every step of an epoch of ``total`` steps: count it, and checkpoint (and
+    stop) when due inside the epoch; the epoch's end checkpoints anyway."""
+
+    def after_step(loss: float) -> None:
+        position.step += 1
+        position.losses.append(loss)
+        ctx.steps_done += 1
+        if position.step < total and ctx.checkpoint_due():
+            position.streams = [term.stream.state_dict() for term in terms]
+            write_checkpoint(ctx, plan, step_module, optimizer, position)
+            if ctx.stop_reached():
+                raise Interrupted(
+                    f"stopped after {ctx.steps_done} steps ({plan.name} epoch {position.epoch + 1}, "
+                    f"step {position.step}) as asked"
+                )
+
+    return after_step
 
 
 def run_stage(plan: StagePlan, ctx: StageContext, resume: dict | None = None) -> dict[str, float]:
-    """Train one stage epoch by epoch; returns the best validation metrics of the run so far."""
+    """Train one stage epoch by epoch; returns the best validation metrics of the run so far.
+
+    Raises:
+        Interrupted: the run reached ``stop_after_epochs`` or ``stop_after_steps`` (checkpointed).
+    """
     model, runtime = ctx.model, ctx.runtime
     step_module = EmbeddingStep(model, plan.loss)
     optimizer = torch.optim.Adam([p for p in step_module.parameters() if p.requires_grad], lr=plan.optim.lr)
     step, optimizer = runtime.prepare(step_module, optimizer)
-    start_epoch = 0
+    start = StagePosition()
     if resume and resume.get("stage") == plan.name:
-        restore_checkpoint(ctx.output_dir, model, optimizer)
-        step_module.logit_scale.data.fill_(resume.get("logit_scale", step_module.logit_scale.item()))
-        start_epoch = resume["epoch"]
-        log.info("%s: resuming after epoch %d (best rsum %.2f)", plan.name, start_epoch, ctx.selection.best_rsum)
-    for epoch in range(start_epoch, plan.optim.epochs):
-        if ctx.stop_after_epochs and ctx.epochs_done >= ctx.stop_after_epochs:
-            raise Interrupted(f"stopped after {ctx.epochs_done} epochs ({plan.name} epoch {epoch}) as asked")
+        start = resume_stage(ctx, plan, step_module, optimizer, resume)
+    for epoch in range(start.epoch, plan.optim.epochs):
+        if ctx.stop_reached():
+            raise Interrupted(
+                f"stopped after {ctx.epochs_done} epochs, {ctx.steps_done} steps ({plan.name} epoch {epoch + 1}) as asked"
+            )
         lr = learning_rate(plan.optim, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         hardest = uses_hardest_negatives(plan.loss, epoch)
         terms = plan.terms(epoch)
+        total = plan.steps(terms)
+        position = StagePosition(epoch)
+        if epoch == start.epoch and start.step:
+            for term, state in zip(terms, start.streams, strict=True):
+                term.stream.load_state_dict(state)
+            position = StagePosition(epoch, start.step, list(start.losses))
+
         tick = time.perf_counter()
         stats = train_steps(
-            step, optimizer, terms, plan.steps(terms), plan.loss, hardest, plan.optim.grad_clip, runtime,
+            step, optimizer, terms, total - position.step, plan.loss, hardest, plan.optim.grad_clip, runtime,
             progress=ctx.progress, desc=f"{plan.name} epoch {epoch + 1}/{plan.optim.epochs}",
+            after_step=step_hook(ctx, plan, step_module, optimizer, position, terms, total),
         )  # fmt: skip
-        record = {"stage": plan.name, "epoch": epoch + 1, "lr": lr, "max_violation": hardest, **stats}
+        stats.update(loss=runtime.mean(float(np.mean(position.losses))), steps=total)  # the whole epoch's, if resumed
+        record = {"stage": plan.name, "epoch": epoch + 1, "global_step": ctx.steps_done, "lr": lr,
+                  "max_violation": hardest, **stats}  # fmt: skip
         record["pairs"] = {term.pairs.name: len(term.stream.indices) for term in terms}
         if plan.loss.kind == "infonce":
             record["temperature"] = float(1.0 / step_module.logit_scale.detach().exp().clamp(max=100.0))
@@ -321,15 +462,6 @@ def run_stage(plan: StagePlan, ctx: StageContext, resume: dict | None = None) ->
             "%s epoch %d: loss %.4f, val rsum %s, %.1fs", plan.name, epoch + 1, stats["loss"],
             f"{record['val_rsum']:.2f}" if "val_rsum" in record else "-", record["epoch_seconds"],
         )  # fmt: skip
-        if runtime.is_main:
-            state = {
-                **ctx.run_state,
-                "stage": plan.name,
-                "epoch": epoch + 1,
-                "logit_scale": float(step_module.logit_scale.item()),
-                **ctx.selection.state(),
-            }
-            save_checkpoint(ctx.output_dir, model, optimizer, state)
-        runtime.wait()
         ctx.epochs_done += 1
+        write_checkpoint(ctx, plan, step_module, optimizer, StagePosition(epoch + 1))
     return ctx.selection.best_metrics

@@ -35,7 +35,7 @@ from training.curriculum import easy_to_hard, pair_agreement
 from training.loop import BEST_DIR, Interrupted, RunSelection, StageContext, evaluate, run_stage
 from training.pairs import PairSet, caption_pairs, eval_set, pseudo_tag_pairs, web_tag_pairs
 from training.pipeline import Sources, attach_images, attach_texts, build_model, read_sources, timed
-from training.runtime import Runtime
+from training.runtime import Runtime, SetupError
 from training.sources import SourceError
 from training.stages import TrainingPairs, stage_one, stage_two, uses_web
 from training.suspicion import noise_aware_weights
@@ -44,8 +44,9 @@ from vse.model import VSEModel
 from vse.suspicion import SuspicionTable
 
 log = logging.getLogger("training")
+LOGS_DIR = "logs"  # the trackers' files (TensorBoard: logs/<log.project>/)
 RUN_FILES = (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old", BEST_DIR, "model", "stage1", "stage2",
-             "metrics.jsonl", "tensorboard", "replicas.json", "curriculum_order.npy")  # fmt: skip
+             "metrics.jsonl", LOGS_DIR, "tensorboard", "replicas.json", "curriculum_order.npy")  # fmt: skip
 
 
 class ResumeError(ValueError):
@@ -53,7 +54,7 @@ class ResumeError(ValueError):
 
 
 # Refused input of a training run, reported as one line (vse.cli.run_cli).
-CLI_ERRORS = (*USER_ERRORS, SourceError, ResumeError)
+CLI_ERRORS = (*USER_ERRORS, SourceError, ResumeError, SetupError)
 
 
 def build_pairs(model: VSEModel, sources: Sources, config: TrainConfig, runtime: Runtime) -> TrainingPairs:
@@ -173,7 +174,7 @@ def web_weights(
             pairs.web.weights = saved["weights"]
             log.info("noise-aware web weights: reused %s", path.name)
             return float(saved["pi0"])
-    with timed("suspicion"):
+    with timed("suspicion"), own_random_streams(runtime):
         weights, reports = noise_aware_weights(model, pairs.captions, pairs.web, config, runtime)
     for report in reports:
         metrics_log.write(report.record())
@@ -181,6 +182,12 @@ def web_weights(
         np.savez(path, weights=weights, pi0=reports[-1].pi0)
     runtime.wait()
     return reports[-1].pi0
+
+
+def own_random_streams(runtime: Runtime):
+    """A block whose torch random draws (the fold models' dropout) leave the run's streams as they were:
+    a run that finds the noise-aware weights cached must train exactly as the run that computed them."""
+    return torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else [])
 
 
 def corrections_record(sources: Sources, metrics_log: MetricsLog) -> dict | None:
@@ -238,8 +245,13 @@ def final_metrics(
 
 def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | None:
     """Run the configured stages and save the final model; returns its folder (None if stopped early)."""
-    runtime = runtime or Runtime.create(config.seed)
     output_dir = Path(config.output_dir)
+    runtime = runtime or Runtime.create(
+        config.seed,
+        mixed_precision=config.mixed_precision,
+        trackers=config.log.trackers,
+        logging_dir=output_dir / LOGS_DIR,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     resume = prepare_run_folder(output_dir, config, runtime)
     torch.manual_seed(config.seed)
@@ -256,19 +268,22 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | 
         attach_texts(model, validation, config, runtime)
     if runtime.is_main:
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
-    metrics_log = MetricsLog(output_dir, enabled=runtime.is_main, tensorboard=config.tensorboard)
+    runtime.start_trackers(config.log.project, tracker_hyperparameters(config))
+    steps_done = (resume or {}).get("steps_done", 0)
+    metrics_log = MetricsLog(output_dir, enabled=runtime.is_main, trackers=runtime.log_to_trackers, step=steps_done)
     selection = RunSelection(output_dir / BEST_DIR)
     if resume:
         selection.restore(resume)
     ctx = StageContext(
         model, runtime, output_dir, validation, metrics_log, selection, config.eval_batch_size, config.eval_every,
         config.progress, {"config": flat_config(config)}, config.stop_after_epochs, epochs_done(config, resume),
+        config.stop_after_steps, config.checkpoint_every_steps, steps_done,
     )  # fmt: skip
-    corrections = corrections_record(sources, metrics_log)
-    pi0 = float("nan")
-    if uses_web(config) and config.web.noise_aware:
-        pi0 = web_weights(model, pairs, config, runtime, output_dir, metrics_log)
     try:
+        corrections = corrections_record(sources, metrics_log)
+        pi0 = float("nan")
+        if uses_web(config) and config.web.noise_aware:
+            pi0 = web_weights(model, pairs, config, runtime, output_dir, metrics_log)
         in_stage_two = bool(resume and resume.get("stage") == "stage2")
         if config.stage1.enabled and not in_stage_two:
             with timed("stage1"):
@@ -286,16 +301,25 @@ def run_training(config: TrainConfig, runtime: Runtime | None = None) -> Path | 
             with timed("stage2"):
                 run_stage(stage_two(config, pairs, order, runtime), ctx, resume)
     except Interrupted as stop:
-        metrics_log.close()
         log.info("%s; rerun with the same config to resume", stop)
         return None
-    metrics_log.close()
+    finally:
+        runtime.finish_trackers()
     if (selection.folder / "model.safetensors").is_file():
         model.load_weights(selection.folder)
         log.info("selected: %s (validation rsum %.2f)", selection.best_stage, selection.best_rsum)
     verify_replicas(model, runtime, output_dir)
     model.suspicion = suspicion_table(pairs, sources, pi0)
     return save_final_model(model, sources, config, runtime, output_dir, selection, corrections)
+
+
+def tracker_hyperparameters(config: TrainConfig) -> dict[str, bool | int | float | str]:
+    """The config as trackers store hyperparameters: flat, each value a number, flag or string
+    (TensorBoard takes nothing else; lists, mappings and None become their JSON text)."""
+    return {
+        key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+        for key, value in flat_config(config).items()
+    }
 
 
 def epochs_done(config: TrainConfig, resume: dict | None) -> int:
@@ -395,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
 def train_and_report(config: TrainConfig) -> int:
     folder = run_training(config)
     if folder is None:
-        print(f"stopped after {config.stop_after_epochs} epochs; run again with the same config to resume")
+        print(
+            "stopped before the end as asked (stop_after_epochs/stop_after_steps); run again with the same config to resume"
+        )
         return 0
     print(f"model saved to {folder}")
     return 0
