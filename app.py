@@ -6,7 +6,8 @@
 Search: a sentence returns the best gallery images; selecting one shows its
 nearest captions (image-to-text over the caption pool) and its web tags; an
 uploaded image gets its nearest captions and similar images.  Review: web images
-ordered by their expected number of wrong tags, each tag shown with its
+ordered by what a review is worth (expected wrong tags over the square root of
+the tag count, ``vse.suspicion.review_priority``), each tag shown with its
 probability of being wrong (``vse.suspicion``) and the likely wrong ones ticked
 as a suggestion; each vote is stored at once in SQLite (``<data-dir>/votes.db``)
 and ``python -m training.close_loop`` turns the votes into the corrections table
@@ -25,7 +26,6 @@ import binascii
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -50,6 +50,7 @@ from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
 from vse.retrieval import Progress, QueryError, RetrievalService
 from vse.text import normalize_tag
+from vse.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
 from vse.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 
 PERSISTENT_STORAGE = Path("/data")  # where a Space mounts its persistent storage, when it has some
@@ -78,6 +79,8 @@ QUEUE_SIZE = int(os.environ.get("VSE_QUEUE_SIZE", "64"))  # requests waiting bey
 MAX_UPLOAD = os.environ.get("VSE_MAX_UPLOAD", "10mb")  # larger uploads are refused before they reach the app
 CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older than an hour
 EXAMPLE_QUERIES = 6
+# Gallery image files kept for the browser (vse/thumbnails.py); the least recently shown go beyond this.
+THUMBNAIL_CACHE_BYTES = int(float(os.environ.get("VSE_THUMBNAIL_CACHE_MB", "2000")) * 1e6)
 VOTES_PER_MINUTE = int(os.environ.get("VSE_VOTES_PER_MINUTE", "120"))
 # An image leaves the review queue once this many different people reviewed it
 # (3 for majority voting over three reviewers).
@@ -221,8 +224,8 @@ class VSEApp:
         self.service, self.store, self.config, self.backup = service, store, config, backup
         self.queue = service.review_queue()
         self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
-        self.thumbnail_dir.mkdir(parents=True, exist_ok=True)
-        # Thumbnails are public gallery images written once under content hashes:
+        self.thumbnails = ThumbnailCache(self.thumbnail_dir, THUMBNAIL_CACHE_BYTES)
+        # Thumbnails are public gallery images written on their first view:
         # served in place, not hashed and copied into Gradio's cache on every search.
         gr.set_static_paths([self.thumbnail_dir])
 
@@ -274,30 +277,35 @@ class VSEApp:
 
     def example_queries(self) -> list[str]:
         """A few captions of held-out gallery images (the test split when marked), as search examples."""
-        items = self.service.gallery.items
-        held_out = [i for i in items if i.split == "test" and i.captions] or [i for i in items if i.captions]
+        gallery = self.service.gallery
+        held_out = gallery.captioned_rows("test") or gallery.captioned_rows()
         step = max(1, len(held_out) // EXAMPLE_QUERIES)
-        return [item.captions[0] for item in held_out[::step][:EXAMPLE_QUERIES]]
+        return [gallery.items[row].captions[0] for row in held_out[::step][:EXAMPLE_QUERIES]]
 
     # ------------------------------------------------------------ search tab
     def thumbnail_file(self, index: int) -> str:
-        """A file holding the gallery image's encoded bytes (written once, atomically).
+        """A file holding the gallery image's encoded bytes (written on its first view, atomically).
 
         Returning files (not PIL images) spares re-encoding every result and lets
-        Gradio serve the same bytes to concurrent requests safely.
+        Gradio serve the same bytes to concurrent requests safely; a later view
+        finds the file without reading the image from the gallery (vse/thumbnails.py).
         """
-        data = self.service.gallery.items[index].image
+        gallery = self.service.gallery
+        return str(self.thumbnails.file(gallery.image_key(index), lambda: self.displayable_image(index)))
+
+    def displayable_image(self, index: int) -> tuple[bytes, str]:
+        """The gallery image's bytes and file suffix as a browser shows them.
+
+        As stored when the browser can show them and the image is at most
+        ``THUMBNAIL_SIDE`` pixels on its longest side; else decoded (safely, as
+        for search) and scaled down to WebP.
+        """
+        data = self.service.gallery.image_bytes(index)
         suffix = image_suffix(data)
-        if suffix is None:
-            buffer = io.BytesIO()
-            self.service.gallery.image(index).save(buffer, format="PNG")
-            data, suffix = buffer.getvalue(), ".png"
-        path = self.thumbnail_dir / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-        if not path.exists():
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        return str(path)
+        side = stored_side(data)
+        if suffix is not None and side is not None and side <= THUMBNAIL_SIDE:
+            return data, suffix
+        return scaled_down(self.service.gallery.image(index), THUMBNAIL_SIDE)
 
     def _gallery_cells(self, hits) -> list[tuple[str, str]]:
         items = self.service.gallery.items
@@ -429,7 +437,7 @@ class VSEApp:
         expected = float(sum(probability for _, probability in rows))
         detail = (
             f"Image {position + 1} of {len(self.queue)} · about {expected:.1f} wrong tags expected "
-            f"(ranked by model {self.service.revision[:8]}; most expected first). Ticked = suggested wrong."
+            f"(ranked by model {self.service.revision[:8]}). Ticked = suggested wrong."
         )
         choices = [(f"{tag}  ·  {probability:.0%} likely wrong", tag) for tag, probability in rows]
         return (

@@ -41,7 +41,7 @@ def demo_sentences(count: int) -> list[str]:
     from vse.gallery import load_gallery
 
     gallery, _ = load_gallery(ROOT / "assets" / "gallery")
-    texts = gallery.caption_texts + [", ".join(item.tags) for item in gallery.items if item.tags]
+    texts = [*gallery.caption_texts, *(", ".join(tags) for tags in gallery.tag_lists() if tags)]
     return [texts[i % len(texts)] for i in range(count)]
 
 

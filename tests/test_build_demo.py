@@ -20,6 +20,7 @@ from training.openclipart import (
 )
 from vse import VSEModel
 from vse.gallery import GalleryEmbeddings, load_gallery, model_digest
+from vse.gallery_fingerprint import RECORD_NAME, read_record
 
 SVG = """<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"
@@ -116,6 +117,8 @@ def test_whole_build_on_a_small_corpus(tmp_path):
     assert len(gallery) == 48 and {i.split for i in gallery.items} >= {"train", "validation", "test", "web"}
     embeddings = GalleryEmbeddings.load(assets / "index", model_digest(assets / "model"), gallery.fingerprint)
     assert embeddings is not None and embeddings.images.shape == (48, 32)
+    record = read_record(assets / "gallery" / RECORD_NAME)  # so that a start need not hash every image
+    assert record is not None and record["fingerprint"] == embeddings.gallery
     assert "test" in model.metrics
     assert model.suspicion is not None and len(model.suspicion) > 0  # the review queue's ranking ships with it
     sizes = [p.stat().st_size for p in assets.rglob("*") if p.is_file()]

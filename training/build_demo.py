@@ -11,8 +11,9 @@ Needs the Debian packages ``openclipart-svg`` (metadata) and ``openclipart-png``
 2. split (caption-grouped) and write ``data/openclipart/{captions,web}``;
 3. train both stages with ``configs/offline_default.yaml``;
 4. write ``assets/``: the model, the gallery (letterboxed 224 px WebP thumbnails
-   with titles, captions and raw web tags), and the embeddings of the gallery and
-   its caption pool, bound to the model's digest.  Every file stays under 10 MB
+   with titles, captions and raw web tags, and the record of its fingerprint that
+   ``write_gallery`` leaves beside the shards), and the embeddings of the gallery
+   and its caption pool, bound to the model's digest.  Every file stays under 10 MB
    and the folder under 50 MB.
 """
 

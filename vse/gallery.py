@@ -5,7 +5,13 @@ A gallery folder holds parquet shards (``gallery-00000.parquet``, ...) readable 
 
 ``id`` (string), ``image`` (encoded bytes: a thumbnail, letterboxed to the model's
 input size), ``title``, ``captions`` (list of strings), ``tags`` (list of
-strings: the raw web tags), ``category``, ``split``.
+strings: the raw web tags), ``category``, ``split``,
+
+and ``.fingerprint.json``: the gallery's fingerprint with the stamps of the
+shards it was computed from (``vse.gallery_fingerprint``), so that a start
+need not hash every image.  Shards are served from disk (``vse.gallery_shards``):
+opening a gallery reads its metadata columns; an image is read from its shard
+when it is shown or embedded.  Other sources (``datasets``) are read into memory.
 
 An embeddings file (``embeddings.safetensors``) stores float16 image embeddings
 in gallery order and caption embeddings in caption-pool order; its metadata
@@ -19,19 +25,26 @@ gallery none of whose images decodes, before anything is indexed.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vse.errors import GalleryError
+from vse.gallery_fingerprint import RECORD_NAME, record_beside, shard_fingerprint
+from vse.gallery_shards import METADATA_SCHEMA, ROW_GROUP_BYTES, open_shards
 from vse.images import ImageLoadError, load_image, pad_to_square
 
 GALLERY_COLUMNS = ("id", "image", "title", "captions", "tags", "category", "split")
@@ -45,6 +58,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".gif", ".bmp", ".
 # moment rather than walked for minutes.  Larger galleries are parquet shards.
 MAX_FOLDER_ENTRIES = 100_000
 DATA_FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+VIEW_BATCH = 4096  # rows turned into Python objects at a time when a gallery is read in order
 
 
 def model_digest(model_dir: str | Path) -> str:
@@ -67,13 +81,25 @@ def thumbnail_bytes(source, size: int = 224, quality: int = 80) -> bytes:
     return buffer.getvalue()
 
 
+def rows_per_group(image_bytes: int, rows: int) -> int:
+    """Rows per parquet row group so that a group holds about ``ROW_GROUP_BYTES`` of images.
+
+    Showing one image reads its whole row group, so groups are kept small.
+    """
+    return max(1, min(rows, round(ROW_GROUP_BYTES * rows / max(1, image_bytes))))
+
+
 def write_gallery(rows: Iterable[dict], folder: str | Path, shard_bytes: int = SHARD_BYTES) -> list[Path]:
-    """Write rows (dicts with GALLERY_COLUMNS) as parquet shards below ``shard_bytes`` each."""
-    import pyarrow as pa
+    """Write rows (dicts with GALLERY_COLUMNS) as parquet shards below ``shard_bytes`` each.
+
+    Then records the gallery's fingerprint beside them (``.fingerprint.json``), so that
+    loading it needs no pass over its images.
+    """
     import pyarrow.parquet as pq
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECORD_NAME).unlink(missing_ok=True)
     schema = pa.schema(
         [("id", pa.string()), ("image", pa.binary()), ("title", pa.string()), ("captions", pa.list_(pa.string())),
          ("tags", pa.list_(pa.string())), ("category", pa.string()), ("split", pa.string())]
@@ -83,7 +109,8 @@ def write_gallery(rows: Iterable[dict], folder: str | Path, shard_bytes: int = S
     def flush() -> None:
         path = folder / f"gallery-{len(paths):05d}.parquet"
         table = pa.Table.from_pylist(batch, schema=schema)
-        pq.write_table(table, path, compression="zstd")
+        group = rows_per_group(sum(len(row["image"] or b"") for row in batch), len(batch))
+        pq.write_table(table, path, compression="zstd", row_group_size=group)
         paths.append(path)
 
     for row in rows:
@@ -91,13 +118,22 @@ def write_gallery(rows: Iterable[dict], folder: str | Path, shard_bytes: int = S
         if missing:
             raise ValueError(f"gallery row {row.get('id')!r} lacks {missing}")
         batch.append(row)
-        size += len(row["image"]) + 200
+        size += len(row["image"] or b"") + 200
         if size >= shard_bytes * 0.9:
             flush()
             batch, size = [], 0
     if batch:
         flush()
+    if paths:
+        record_fingerprint(folder)
     return paths
+
+
+def record_fingerprint(folder: str | Path) -> Path:
+    """Compute the fingerprint of the gallery in ``folder`` from its images and record it beside its shards."""
+    shards = sorted(Path(folder).glob(SHARD_PATTERN))
+    gallery, _ = open_shard_gallery(shards)
+    return record_beside(shards, gallery.content_fingerprint())
 
 
 @dataclass
@@ -139,46 +175,257 @@ class GalleryEmbeddings:
         return cls(tensors["images"].float(), tensors["captions"].float(), digest, gallery, tags, dropped)
 
 
-def caption_pool(captions: Sequence[Sequence[str]], ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Flatten per-image captions into (texts, owning image ids), dropping repeats per image."""
-    texts, owners = [], []
-    for image_id, image_captions in zip(ids, captions, strict=True):
-        for caption in dict.fromkeys(image_captions):
-            texts.append(caption)
-            owners.append(image_id)
-    return texts, owners
-
-
-@dataclass
 class GalleryItem:
-    id: str
-    image: bytes  # encoded image (thumbnail)
-    title: str = ""
-    captions: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    category: str = ""
-    split: str = ""
+    """One gallery image: its metadata, and its encoded bytes.
+
+    ``image`` is given as bytes or as a function that reads them (each time they
+    are asked for: an item does not keep them), so that a page of results shows
+    titles and tags without reading images from their shards, and reading a
+    gallery's items in order holds one image at a time.
+    """
+
+    __slots__ = ("id", "title", "captions", "tags", "category", "split", "_image")
+
+    def __init__(
+        self,
+        id: str,
+        image: bytes | Callable[[], bytes],
+        title: str = "",
+        captions: list[str] | None = None,
+        tags: list[str] | None = None,
+        category: str = "",
+        split: str = "",
+    ):
+        self.id, self._image, self.title, self.category, self.split = id, image, title, category, split
+        self.captions = captions if captions is not None else []
+        self.tags = tags if tags is not None else []
+
+    @property
+    def image(self) -> bytes:
+        """The encoded image (a thumbnail in galleries written by ``write_gallery``)."""
+        return self._image() if callable(self._image) else self._image
+
+    def _fields(self) -> tuple:
+        return self.id, self.image, self.title, self.captions, self.tags, self.category, self.split
+
+    def __eq__(self, other: object) -> bool:
+        return self._fields() == other._fields() if isinstance(other, GalleryItem) else NotImplemented
+
+    __hash__ = None  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return (f"GalleryItem(id={self.id!r}, title={self.title!r}, captions={self.captions!r}, tags={self.tags!r}, "
+                f"category={self.category!r}, split={self.split!r})")  # fmt: skip
 
 
-@dataclass
-class Gallery:
-    """Gallery items in order, and the caption pool derived from their captions."""
+class ColumnView(Sequence):
+    """The values of an Arrow column (at ``positions``, when given) as a read-only sequence.
 
-    items: list[GalleryItem]
+    Values become Python objects when read, so a million captions cost their Arrow
+    bytes, not a list of a million Python strings.  Equal to any sequence of the same values.
+    """
 
-    def __post_init__(self) -> None:
-        ids = [item.id for item in self.items]
-        if len(set(ids)) != len(ids):
-            raise ValueError("gallery ids must be unique")
-        self.position = {image_id: i for i, image_id in enumerate(ids)}
-        self.caption_texts, self.caption_owners = caption_pool([i.captions for i in self.items], ids)
+    def __init__(self, column: pa.ChunkedArray | pa.Array, positions: np.ndarray | None = None):
+        self._column, self._positions = column, positions
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._column) if self._positions is None else len(self._positions)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if self._positions is None and step == 1:
+                return self._column.slice(start, max(0, stop - start)).to_pylist()
+            return [self[i] for i in range(start, stop, step)]
+        index = range(len(self))[index]  # IndexError out of range, negatives counted from the end
+        return self._column[index if self._positions is None else int(self._positions[index])].as_py()
+
+    def __iter__(self) -> Iterator:
+        for start in range(0, len(self), VIEW_BATCH):
+            if self._positions is None:
+                yield from self._column.slice(start, VIEW_BATCH).to_pylist()
+            else:
+                yield from self._column.take(self._positions[start : start + VIEW_BATCH]).to_pylist()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        more = f", ... {len(self) - 3:,} more" if len(self) > 3 else ""
+        return f"ColumnView({self[:3]!r}{more})"
+
+
+class IdPositions(Mapping):
+    """Gallery position of each id, found by a scan of the Arrow id column.
+
+    A scan takes milliseconds at a million ids and a lookup happens per vote, not
+    per query; a dict of a million ids would cost about 100 MB for the whole run.
+    """
+
+    def __init__(self, ids: pa.ChunkedArray):
+        self._ids = ids
+
+    def __getitem__(self, image_id: object) -> int:
+        try:
+            wanted = pa.scalar(image_id, pa.string())
+        except (pa.ArrowException, TypeError, UnicodeError):
+            raise KeyError(image_id) from None
+        position = pc.index(self._ids, wanted).as_py()
+        if position < 0:
+            raise KeyError(image_id)
+        return position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ColumnView(self._ids))
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class GalleryItems(Sequence):
+    """A gallery's items as a sequence; each is made when read, its image read only if asked for."""
+
+    def __init__(self, gallery: Gallery):
+        self._gallery = gallery
+
+    def __len__(self) -> int:
+        return len(self._gallery)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self._gallery.items_between(start, stop)
+            return [self[i] for i in range(start, stop, step)]
+        index = range(len(self))[index]
+        return self._gallery.items_between(index, index + 1)[0]
+
+    def __iter__(self) -> Iterator[GalleryItem]:
+        for start in range(0, len(self), VIEW_BATCH):
+            yield from self._gallery.items_between(start, start + VIEW_BATCH)
+
+
+class ImageReader(Protocol):
+    """Where a gallery's encoded images are read from, by row (``METADATA_SCHEMA``'s ``row``)."""
+
+    def read(self, row: int) -> bytes: ...
+
+
+class ItemImages:
+    """The images of in-memory items (sources read with ``datasets``, galleries built in code)."""
+
+    def __init__(self, items: Sequence[GalleryItem]):
+        self._items = items
+
+    def read(self, row: int) -> bytes:
+        return self._items[row].image
+
+
+def items_table(items: Sequence[GalleryItem]) -> pa.Table:
+    """The metadata of in-memory items as a table of ``METADATA_SCHEMA``, rows numbered in order."""
+    fields = [pa.array([getattr(item, f.name) for item in items], f.type) for f in METADATA_SCHEMA if f.name != "row"]
+    return pa.Table.from_arrays([*fields, pa.array(np.arange(len(items), dtype=np.int64))], schema=METADATA_SCHEMA)
+
+
+def first_of_each_value(values: pa.Array, groups: np.ndarray) -> np.ndarray:
+    """Sorted positions of the first occurrence of each (group, value) pair.
+
+    Values are numbered by a dictionary encoding (a hash table; no query engine loaded)
+    and pairs told apart by ``numpy.unique``.
+    """
+    codes = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    keys = groups.astype(np.int64) * (int(codes.max()) + 1 if len(codes) else 1) + codes
+    return np.sort(np.unique(keys, return_index=True)[1])
+
+
+def pooled_captions(captions: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray | None, np.ndarray]:
+    """Every image's captions in gallery order, repeats within an image dropped.
+
+    Returns the flattened captions, the positions kept among them (None: all), and the
+    row owning each kept caption.  An image's captions lie in one chunk, so repeats are
+    looked for chunk by chunk.
+    """
+    texts = pc.list_flatten(captions)
+    owners = np.asarray(pc.list_parent_indices(captions).to_numpy(), dtype=np.int64)
+    kept, start = [], 0
+    for chunk in captions.chunks:
+        count = len(chunk.flatten())
+        if len(chunk) and (pc.max(pc.list_value_length(chunk)).as_py() or 0) > 1:
+            kept.append(start + first_of_each_value(chunk.flatten(), owners[start : start + count]))
+        else:
+            kept.append(np.arange(start, start + count))
+        start += count
+    positions = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    if len(positions) == len(owners):
+        return texts, None, owners
+    return texts, positions, owners[positions]
+
+
+class Gallery:
+    """Gallery items in order, and the caption pool derived from their captions.
+
+    The metadata (ids, titles, captions, tags, category, split) is one Arrow table;
+    images are read through an ``ImageReader`` only when asked for (``image``,
+    ``item.image``): a gallery served from parquet shards (``load_gallery``) costs
+    its metadata in memory and at start-up, not its images.  ``Gallery(items)``
+    builds one from in-memory items.
+    """
+
+    def __init__(self, items: Iterable[GalleryItem]):
+        items = list(items)
+        self._setup(items_table(items), ItemImages(items), None, None)
+
+    @classmethod
+    def from_table(
+        cls,
+        table: pa.Table,
+        images: ImageReader,
+        fingerprint: str | Callable[[Gallery], str] | None = None,
+        origin: str | None = None,
+    ) -> Gallery:
+        """A gallery over ``table`` (``METADATA_SCHEMA``) reading images from ``images``.
+
+        ``fingerprint``: the known fingerprint, or how to find it (e.g. from a record
+        beside the shards); by default it is computed from the images when first asked for.
+        ``origin``: the fingerprint of the gallery this one was cut from (``without``).
+        """
+        gallery = cls.__new__(cls)
+        gallery._setup(table, images, fingerprint, origin)
+        return gallery
+
+    def _setup(
+        self,
+        table: pa.Table,
+        images: ImageReader,
+        fingerprint: str | Callable[[Gallery], str] | None,
+        origin: str | None,
+    ) -> None:
+        if pc.count_distinct(table["id"]).as_py() != table.num_rows:
+            raise ValueError("gallery ids must be unique")
+        self._table, self._images, self._fingerprint, self._origin = table, images, fingerprint, origin
+        self.items = GalleryItems(self)
+        self.ids = ColumnView(table["id"])
+        self.position = IdPositions(table["id"])
+        texts, kept, owners = pooled_captions(table["captions"])
+        self.caption_texts = ColumnView(texts, kept)
+        self.caption_owners = ColumnView(table["id"], owners)
+
+    def __len__(self) -> int:
+        return self._table.num_rows
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the gallery's order and images (embeddings are bound to it)."""
+        """Identity of the gallery's order and images (embeddings are bound to it); found once, then kept."""
+        if not isinstance(self._fingerprint, str):
+            self._fingerprint = self.content_fingerprint() if self._fingerprint is None else self._fingerprint(self)
+        return self._fingerprint
+
+    def content_fingerprint(self) -> str:
+        """SHA-256 over every item's id, image hash, captions and tags, in order: reads every image."""
         digest = hashlib.sha256()
         for item in self.items:
             digest.update(item.id.encode("utf-8", "surrogatepass") + b"\x00")
@@ -187,13 +434,54 @@ class Gallery:
             digest.update("\x00".join(item.tags).encode("utf-8", "surrogatepass") + b"\x02")
         return digest.hexdigest()
 
+    @property
+    def origin(self) -> str:
+        """The fingerprint of the gallery this one was cut from by ``without`` (its own when it was not)."""
+        return self.fingerprint if self._origin is None else self._origin
+
+    def image_key(self, index: int) -> str:
+        """A name for the image at ``index`` that changes whenever its bytes may, known without reading them.
+
+        The origin's fingerprint covers every id with its image's hash, and ids are unique.
+        """
+        text = f"{self.origin}\x00{self.ids[index]}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def items_between(self, start: int, stop: int) -> list[GalleryItem]:
+        """Items ``start`` to ``stop`` (Python slice bounds); their images are read when asked for."""
+        batch = self._table.slice(start, max(0, stop - start)).to_pydict()
+        reads = [functools.partial(self._images.read, row) for row in batch["row"]]
+        return [
+            GalleryItem(*fields)
+            for fields in zip(batch["id"], reads, batch["title"], batch["captions"], batch["tags"], batch["category"],
+                              batch["split"], strict=True)
+        ]  # fmt: skip
+
+    def image_bytes(self, index: int) -> bytes:
+        """The encoded image at ``index``, read from where the gallery keeps it."""
+        return self._images.read(self._table["row"][range(len(self))[index]].as_py())
+
     def image(self, index: int) -> Image.Image:
-        return load_image(self.items[index].image)
+        return load_image(self.image_bytes(index))
+
+    def tag_lists(self) -> list[list[str]]:
+        """Every item's tags, in order (for encoding; far quicker than reading the items)."""
+        return self._table["tags"].to_pylist()
+
+    def captioned_rows(self, split: str | None = None) -> list[int]:
+        """Positions of the items that have captions (and are of ``split``, when given)."""
+        wanted = pc.greater(pc.list_value_length(self._table["captions"]), 0)
+        if split is not None:
+            wanted = pc.and_(wanted, pc.equal(self._table["split"], split))
+        return np.flatnonzero(wanted.to_numpy()).tolist()
 
     def without(self, ids: Iterable[str]) -> Gallery:
-        """The gallery minus the given ids (e.g. images that cannot be read)."""
+        """The gallery minus the given ids (e.g. images that cannot be read); images are not copied."""
         drop = set(ids)
-        return Gallery([item for item in self.items if item.id not in drop]) if drop else self
+        if not drop:
+            return self
+        kept = pc.invert(pc.is_in(self._table["id"], value_set=pa.array(sorted(drop), pa.string())))
+        return Gallery.from_table(self._table.filter(kept), self._images, origin=self.origin)
 
 
 def embed_tag_lists(model, gallery: Gallery, batch_size: int = 256) -> torch.Tensor:
@@ -201,9 +489,10 @@ def embed_tag_lists(model, gallery: Gallery, batch_size: int = 256) -> torch.Ten
     from vse.text import tags_to_text
 
     out = torch.zeros(len(gallery), model.config.embed_dim)
-    tagged = [i for i, item in enumerate(gallery.items) if tags_to_text(item.tags)]
+    tag_lists = gallery.tag_lists()
+    tagged = [i for i, tags in enumerate(tag_lists) if tags_to_text(tags)]
     if tagged:
-        out[tagged] = model.encode_tags([gallery.items[i].tags for i in tagged], batch_size=batch_size)
+        out[tagged] = model.encode_tags([tag_lists[i] for i in tagged], batch_size=batch_size)
     return out
 
 
@@ -295,16 +584,18 @@ def is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
 
-def rows_from_shards(shards: list[Path]) -> Iterator[dict]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def open_shard_gallery(shards: list[Path], state_dir: Path | None = None) -> tuple[Gallery, dict[str, int]]:
+    """A gallery over parquet shards, served from disk, and the counts of rows skipped.
 
-    for shard in shards:
-        try:
-            table = pq.read_table(shard)
-        except (OSError, pa.ArrowException) as err:
-            raise GalleryError(f"{shard} is not a readable gallery shard: {err}") from err
-        yield from table.to_pylist()
+    Its fingerprint comes from the record beside the shards, or one in ``state_dir``,
+    when the shards still are those recorded (``vse.gallery_fingerprint``).
+    """
+    metadata, images, skipped = open_shards(shards)
+
+    def fingerprint(gallery: Gallery) -> str:
+        return shard_fingerprint(shards, gallery.content_fingerprint, state_dir)
+
+    return Gallery.from_table(metadata, images, fingerprint), skipped
 
 
 def rows_from_datasets(source: str | Path) -> Iterable[dict]:
@@ -350,13 +641,15 @@ def require_a_readable_image(gallery: Gallery, source: str | Path) -> None:
     )
 
 
-def load_gallery(source: str | Path) -> tuple[Gallery, dict[str, int]]:
+def load_gallery(source: str | Path, state_dir: str | Path | None = None) -> tuple[Gallery, dict[str, int]]:
     """A gallery from a folder of parquet shards (the assets format) or any ``datasets`` source.
 
     ``datasets`` sources: a Hub dataset id, an imagefolder, a ``save_to_disk``
     folder, or parquet/JSON-lines files; columns ``image`` and optionally ``id``,
     ``title``, ``captions``/``caption``, ``tags``.  Returns the gallery and the
-    counts of rows skipped by reason.
+    counts of rows skipped by reason.  Shards are served from disk; ``state_dir``
+    (a service's own folder) is where what was learnt of their fingerprint is
+    recorded, so that the next start need not hash them (``vse.gallery_fingerprint``).
 
     Raises ``GalleryError`` (naming the folder or file) for a source that holds
     no images or shards, a folder too large to be a gallery, or a gallery none of
@@ -365,10 +658,11 @@ def load_gallery(source: str | Path) -> tuple[Gallery, dict[str, int]]:
     """
     path = Path(source).expanduser()
     shards = sorted(path.glob(SHARD_PATTERN)) if path.is_dir() else []
-    if not shards:
+    if shards:
+        gallery, skipped = open_shard_gallery(shards, Path(state_dir) if state_dir is not None else None)
+    else:
         check_gallery_source(source)
-    rows = rows_from_shards(shards) if shards else rows_from_datasets(source)
-    gallery, skipped = gallery_from_rows(rows)
+        gallery, skipped = gallery_from_rows(rows_from_datasets(source))
     if not len(gallery):
         raise GalleryError(f"the gallery {source} holds no images (rows skipped: {skipped or 'none'})")
     require_a_readable_image(gallery, source)

@@ -227,7 +227,7 @@ def _manifest_path(index_path: Path) -> Path:
     return index_path.with_suffix(".json")
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """``write(temp_path)``, then rename over ``path``: a reader sees the old file or the whole new one.
 
     Never rewritten in place: a running service that maps the old file keeps its
@@ -271,9 +271,9 @@ def save_stored_index(index: SearchIndex, path: Path, key: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _manifest_path(path).unlink(missing_ok=True)
-    _write_atomically(path, lambda temp: faiss.write_index(index.index, temp))
+    write_atomically(path, lambda temp: faiss.write_index(index.index, temp))
     manifest = {"key": key, "digest": key_digest(key), "bytes": path.stat().st_size}
-    _write_atomically(_manifest_path(path), lambda temp: Path(temp).write_text(json.dumps(manifest, indent=1)))
+    write_atomically(_manifest_path(path), lambda temp: Path(temp).write_text(json.dumps(manifest, indent=1)))
 
 
 class StoredIndexError(RuntimeError):

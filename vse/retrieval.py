@@ -28,11 +28,13 @@ from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
 from vse.index import IndexStore, SearchIndex, load_or_build_index
 from vse.model import VSEModel
-from vse.suspicion import TagPairs, tag_suspicion
+from vse.suspicion import TagPairs, review_priority, tag_suspicion
 from vse.text import normalize_tag
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 500
+# Below the data folder: what a start learnt of a sharded gallery's fingerprint (vse.gallery_fingerprint).
+GALLERY_STATE = "galleries"
 
 
 class QueryError(ValueError):
@@ -150,7 +152,7 @@ class RetrievalService:
         model = VSEModel.from_pretrained(folder)
         revision = model_digest(folder)
         report("loading the gallery", 0, 0)
-        gallery, skipped = load_gallery(gallery_source)
+        gallery, skipped = load_gallery(gallery_source, state_dir=Path(data_dir) / GALLERY_STATE)
         if skipped:
             log.warning("gallery %s: skipped %s", gallery_source, skipped)
         embeddings = cls._embeddings(model, revision, gallery, Path(gallery_source), Path(data_dir), progress)
@@ -240,12 +242,12 @@ class RetrievalService:
         """
         if self._suspicion is None:
             table = self.model.suspicion
-            normalized = [[normalize_tag(tag) for tag in item.tags] for item in self.gallery.items]
+            normalized = [[normalize_tag(tag) for tag in tags] for tags in self.gallery.tag_lists()]
             values = [
                 np.array(
-                    [np.nan if table is None else (table.get(item.id, t) if t else 0.0) for t in tags], dtype=float
+                    [np.nan if table is None else (table.get(image_id, t) if t else 0.0) for t in tags], dtype=float
                 )
-                for item, tags in zip(self.gallery.items, normalized, strict=True)
+                for image_id, tags in zip(self.gallery.ids, normalized, strict=True)
             ]
             if any(np.isnan(v).any() for v in values):
                 live = self._live_suspicion(normalized)
@@ -273,7 +275,7 @@ class RetrievalService:
         return np.array([v.sum() if len(v) else np.nan for v in self.tag_suspicion()])
 
     def review_queue(self) -> list[int]:
-        """Tagged images, most expected wrong tags first: a review there fixes the most."""
-        expected = self.expected_wrong()
-        tagged = np.nonzero(~np.isnan(expected))[0]
-        return tagged[np.argsort(-expected[tagged], kind="stable")].tolist()
+        """Tagged images, the review worth most first (``vse.suspicion.review_priority``)."""
+        priority = np.array([review_priority(p) for p in self.tag_suspicion()])
+        tagged = np.nonzero(~np.isnan(priority))[0]
+        return tagged[np.argsort(-priority[tagged], kind="stable")].tolist()
