@@ -19,7 +19,10 @@ For each development corpus (its web tags taken as the truth):
    on the test split (``training.close_loop`` does the same for real votes).
 
 At 10% it also runs imperfect reviewers (each verdict flipped, each missing tag
-forgotten, with probability 0.1) alone and by majority of three.  The queue's
+forgotten, with probability 0.1) alone and by majority of three.  With
+``--decompose`` it splits the full review into its two halves: every tag judged
+but nothing added ("verdicts only"), and the missing tags added with no verdicts
+("additions only"); what each recovers bounds what any partial review can.  The queue's
 precision and the AUC of the per-tag suspicion at finding the wrong tags are
 measured on model 0's app.  Writes ``docs/FEEDBACK.md`` and ``docs/feedback_<corpus>.png``.
 """
@@ -51,6 +54,7 @@ log = logging.getLogger("benchmarks.feedback_loop")
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.0, 0.01, 0.05, 0.1, 0.25, 1.0)
 IMPERFECT = 0.1
+REVIEW_PARTS = ("all", "verdicts", "additions")  # what a simulated reviewer sends
 
 
 @dataclass
@@ -62,13 +66,21 @@ class Truth:
     wrong: dict[str, set[str]]  # normalised tags that noise put there
     missing: dict[str, list[str]]  # the tags noise replaced
 
-    def review(self, image_id: str, shown: list[str], flip: float, rng: np.random.Generator):
-        """(wrong, right, added) a reviewer sends; ``flip``: chance of each verdict being mistaken."""
+    def review(self, image_id: str, shown: list[str], flip: float, rng: np.random.Generator, part: str = "all"):
+        """(wrong, right, added) a reviewer sends; ``flip``: chance of each verdict being mistaken.
+
+        ``part`` ("all", "verdicts", "additions"): send everything, only the
+        verdicts on the shown tags, or only the added tags.
+        """
         wrong, right = [], []
         for tag in shown:
             says_wrong = (normalize_tag(tag) in self.wrong[image_id]) != (rng.random() < flip)
             (wrong if says_wrong else right).append(tag)
         added = [tag for tag in self.missing[image_id] if normalize_tag(tag) and rng.random() >= flip]
+        if part == "additions":
+            wrong, right = [], []
+        elif part == "verdicts":
+            added = []
         return wrong, right, added
 
 
@@ -194,7 +206,8 @@ def queue_quality(served: ServedApp, truth: Truth) -> dict:
             "queue10_coverage": coverage}  # fmt: skip
 
 
-def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int, flip: float, seed: int) -> float:
+def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int, flip: float, seed: int,
+           part: str = "all") -> float:  # fmt: skip
     """Have ``reviewers`` simulated people review ``count`` images through the API; returns seconds."""
     rng = np.random.default_rng([seed, reviewers, int(100 * flip), count])
     chosen = rng.choice(len(truth.ids), size=count, replace=False) if arm == "random" else None
@@ -210,35 +223,36 @@ def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int
             else:
                 image_id = truth.ids[int(chosen[step])]
                 shown = [tag for tag in dict.fromkeys(truth.noisy[image_id]) if normalize_tag(tag)]  # as the app shows
-            wrong, right, added = truth.review(image_id, shown, flip, rng)
+            wrong, right, added = truth.review(image_id, shown, flip, rng, part)
             if wrong or right or added:
                 served.client.predict(image_id, wrong, right, added, name, api_name="/review")
     return time.perf_counter() - start
 
 
 def run_arm(setting: Setting, seed: int, model0: Path, gallery: Path, name: str, arm: str, fraction: float,
-            reviewers: int, flip: float, reuse: bool) -> dict:  # fmt: skip
+            reviewers: int, flip: float, reuse: bool, part: str = "all") -> dict:  # fmt: skip
     folder = setting.work / setting.corpus / f"seed{seed}" / name
     if reuse and (folder / "result.json").is_file():
         return json.loads((folder / "result.json").read_text())
     count = max(1, round(fraction * len(setting.truth.ids)))
     served = ServedApp(model0, gallery, folder / "app", folder.parent / "index-cache", reviews_per_image=reviewers)
     try:
-        seconds = review(served, setting.truth, arm, count, reviewers, flip, seed)
+        seconds = review(served, setting.truth, arm, count, reviewers, flip, seed, part)
         votes = served.app.store.count()
     finally:
         served.close()
     export(folder / "app" / "votes.db", folder / "corrections")
     tick = time.perf_counter()
     trained = train(setting, seed, folder / "run", folder / "corrections", reuse)
-    result = {"arm": arm, "fraction": fraction, "images": count, "reviewers": reviewers, "flip": flip,
+    result = {"arm": arm, "part": part, "fraction": fraction, "images": count, "reviewers": reviewers, "flip": flip,
               "votes": votes, "review_seconds": seconds, "train_seconds": time.perf_counter() - tick,
               **trained}  # fmt: skip
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def run_seed(setting: Setting, seed: int, fractions: list[float], variants: bool, reuse: bool) -> dict:
+def run_seed(setting: Setting, seed: int, fractions: list[float], variants: bool, reuse: bool,
+             decompose: bool = False) -> dict:  # fmt: skip
     """Model 0, its queue's quality, and every arm of one seed."""
     base = setting.work / setting.corpus / f"seed{seed}"
     tick = time.perf_counter()
@@ -261,6 +275,11 @@ def run_seed(setting: Setting, seed: int, fractions: list[float], variants: bool
     if variants and 0.1 in fractions:
         arms["imperfect10"] = run_arm(setting, seed, model0, gallery, "imperfect10", "queue", 0.1, 1, IMPERFECT, reuse)
         arms["majority10"] = run_arm(setting, seed, model0, gallery, "majority10", "queue", 0.1, 3, IMPERFECT, reuse)
+    if decompose:
+        for part in ("verdicts", "additions"):
+            # every image in turn ("random" at 100%): the queue would offer an image with nothing to add again
+            arms[f"{part}_only"] = run_arm(setting, seed, model0, gallery, f"{part}_only", "random", 1.0, 1, 0.0,
+                                           reuse, part)  # fmt: skip
     return {"quality": quality, "arms": arms, "seconds": time.perf_counter() - tick}
 
 
@@ -305,6 +324,7 @@ def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise:
              ["one reviewer, 10% of verdicts flipped", mean_std(rsum_of(seeds, "imperfect10")), seeds[0]["arms"]["imperfect10"]["votes"]],
              ["majority of three such reviewers", mean_std(rsum_of(seeds, "majority10")), seeds[0]["arms"]["majority10"]["votes"]]],
         )  # fmt: skip
+    halves = decomposition_table(seeds)
     minutes = np.mean([seed["seconds"] for seed in seeds]) / 60
     timing = (
         f"{minutes:.0f} minutes per seed" if minutes >= 1 else "every run reused from an earlier invocation (`--reuse`)"
@@ -329,8 +349,26 @@ At 10% of the images reviewed, per seed:
 
 {variants}
 
+{halves}
+
 ![test rsum against images reviewed, {corpus}]({plot})
 """
+
+
+def decomposition_table(seeds: list[dict]) -> str:
+    """The full review split into its verdicts and its additions, each with its share of the gap ("" if not run)."""
+    if not all("verdicts_only" in seed["arms"] for seed in seeds):
+        return ""
+    gaps = np.array([seed["arms"]["full"]["test"] - seed["arms"]["none"]["test"] for seed in seeds])
+    rows = []
+    for key, label in (("verdicts_only", "every tag judged, nothing added"),
+                       ("additions_only", "the missing tags added, no verdicts"), ("full", "both (the full review)")):  # fmt: skip
+        gains = np.array([seed["arms"][key]["test"] - seed["arms"]["none"]["test"] for seed in seeds])
+        share = f"{100 * gains.mean() / gaps.mean():.0f}%" if gaps.mean() > 0 else "–"
+        rows.append([label, mean_std(rsum_of(seeds, key)), f"{gains.mean():+.1f}", share])
+    table = markdown_table(["every image reviewed, the reviewer sends", "test rsum", "gain over none", "share of the gap"],
+                           rows)  # fmt: skip
+    return "What a full review is made of (`--decompose`):\n\n" + table
 
 
 def recovery_row(label: str, gap: float, queue_gain: float, random_gain: float) -> list[str]:
@@ -368,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--fractions", type=float, nargs="*", default=list(FRACTIONS))
     parser.add_argument("--no-variants", action="store_true", help="skip the imperfect and majority reviewers")
+    parser.add_argument("--decompose", action="store_true", help="also train on a full review's verdicts alone "
+                        "and on its additions alone")  # fmt: skip
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--cache-root", default="cache")
     parser.add_argument("--work", default="runs/feedback_loop")
@@ -384,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         setting = Setting(
             corpus, Path(args.data_root), Path(args.cache_root), Path(args.work), web, truth, args.train_args
         )
-        seeds = [run_seed(setting, seed, fractions, not args.no_variants, args.reuse) for seed in range(args.seeds)]
+        seeds = [
+            run_seed(setting, seed, fractions, not args.no_variants, args.reuse, args.decompose)
+            for seed in range(args.seeds)
+        ]
         plot = f"feedback_{corpus}.png"
         docs = Path(args.docs) if not args.no_report else Path(args.work)
         docs.mkdir(parents=True, exist_ok=True)

@@ -93,15 +93,15 @@ def test_vote_is_persisted_and_exported(served, tmp_path):
     )
 
 
-def test_review_queue_ranks_by_expected_wrong_tags(served):
-    """The queue against a naive reference: images sorted by the sum of their tags' P(wrong)."""
+def test_review_queue_ranks_by_review_priority(served):
+    """The queue against a naive reference: images sorted by the sum of their tags' P(wrong) over sqrt(tags)."""
     _, app = served
     suspicion = app.service.tag_suspicion()
     items = app.service.gallery.items
     assert all(
         len(p) == len(item.tags) and ((p >= 0) & (p <= 1)).all() for p, item in zip(suspicion, items, strict=True)
     )
-    expected = {i: float(sum(p)) for i, p in enumerate(suspicion) if len(p)}
+    expected = {i: float(sum(p)) / len(p) ** 0.5 for i, p in enumerate(suspicion) if len(p)}
     naive = sorted(expected, key=lambda i: (-expected[i], i))
     assert app.queue == naive
 

@@ -49,11 +49,12 @@ def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
     make_shapes_dataset(tmp_path / "data" / "shapes")
     before = docs_digest()
     argv = ["--corpus", "shapes", "--seeds", "1", "--fractions", "0.1", "--data-root", str(tmp_path / "data"),
-            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--no-report", "--",
+            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--no-report", "--decompose", "--",
             "--stage1.optim.epochs=2", "--stage1.optim.steps_per_epoch=5", "--web.suspicion_steps=5"]  # fmt: skip
     assert feedback_loop.main(argv) == 0
     printed = capsys.readouterr().out
     assert "## shapes" in printed and "queue / random" in printed and "majority of three" in printed
+    assert "every tag judged, nothing added" in printed and "the missing tags added, no verdicts" in printed
     assert docs_digest() == before
     result = (tmp_path / "work" / "shapes" / "seed0" / "majority10" / "result.json").read_text()
     assert '"reviewers": 3' in result

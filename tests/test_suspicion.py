@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vse.suspicion import TagPairs, fit_calibration, null_tags, tag_evidence, tag_suspicion
+from vse.suspicion import TagPairs, fit_calibration, null_tags, review_priority, tag_evidence, tag_suspicion
 
 
 def naive_evidence(image_emb, tag_emb, tag_lists_rows, image, scored_tag, own_tag):
@@ -108,3 +108,10 @@ def test_clean_tags_are_not_suspected():
 def test_calibration_refuses_mismatched_evidence():
     with pytest.raises(ValueError, match="same"):
         fit_calibration(np.zeros((4, 3)), np.zeros((3, 3)))
+
+
+def test_review_priority_weighs_expected_wrong_tags_by_list_length():
+    assert review_priority(np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(1.0)  # 2 expected wrong / sqrt(4)
+    assert review_priority(np.array([0.9])) > review_priority(np.array([0.4, 0.4, 0.4, 0.4]))  # 0.9 > 0.8
+    assert review_priority(np.array([0.4, 0.4, 0.4, 0.4])) > review_priority(np.array([0.7]))  # 0.8 > 0.7
+    assert np.isnan(review_priority(np.array([])))

@@ -232,6 +232,23 @@ def tag_suspicion(
     return calibration.probability(observed), calibration
 
 
+def review_priority(p_wrong: np.ndarray) -> float:
+    """What reviewing one image is worth: its expected wrong tags over the square root of its tag count.
+
+    A review fixes every tag of an image, but its tags are not worth the same.  On
+    an image with many tags a wrong one is already down-weighted by the noise-aware
+    web term (the other tags disagree with it) and the image keeps right tags to
+    learn from; on an image with one or two tags a wrong one is its whole
+    supervision.  Ranking by the plain sum (the expected number of wrong tags)
+    sends reviewers to long tag lists, ranking by the mean to single tags; the
+    square root between them gained the most from a 10% review in the review-loop
+    benchmark (docs/ABLATION_NOTES.md, "Choosing the review order").  NaN for an image
+    without tags.
+    """
+    p_wrong = np.asarray(p_wrong, dtype=np.float64)
+    return float(p_wrong.sum() / np.sqrt(len(p_wrong))) if len(p_wrong) else float("nan")
+
+
 SUSPICION_FILE = "tag_suspicion.parquet"
 
 
