@@ -13,6 +13,10 @@ as a suggestion; each vote is stored at once in SQLite (``<data-dir>/votes.db``)
 and ``python -m training.close_loop`` turns the votes into the corrections table
 of the next training run, retrains and evaluates.
 
+Settings are ``AppConfig``, read by ``training.configuration`` like the training
+scripts' (``python app.py --help``): defaults, then ``VSE_*`` variables (a Space's
+way), then ``--config FILE``, then ``--key=value`` arguments.
+
 Works as a Hugging Face Space (see the README front matter): with OAuth enabled
 reviewers sign in with their Hub account and the review tab stays read-only
 until they do.
@@ -20,7 +24,6 @@ until they do.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
@@ -35,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -44,10 +47,11 @@ import torch
 from gradio.exceptions import InvalidPathError
 from gradio.utils import get_upload_folder
 
-from vse.cli import add_debug_flag, run_cli
+from training.configuration import CommandLine, run_command
 from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
+from vse.index import KINDS as INDEX_KINDS
 from vse.retrieval import Progress, QueryError, RetrievalService
 from vse.text import normalize_tag
 from vse.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
@@ -57,19 +61,19 @@ PERSISTENT_STORAGE = Path("/data")  # where a Space mounts its persistent storag
 
 
 def default_data_dir() -> str:
-    """``VSE_DATA_DIR``; else ``/data/vse`` on a Space with persistent storage; else ``feedback``."""
-    if os.environ.get("VSE_DATA_DIR"):
-        return os.environ["VSE_DATA_DIR"]
+    """``/data/vse`` on a Space with persistent storage, else ``feedback`` (``VSE_DATA_DIR`` overrides both)."""
     if PERSISTENT_STORAGE.is_dir() and os.access(PERSISTENT_STORAGE, os.W_OK):
         return str(PERSISTENT_STORAGE / "vse")
     return "feedback"
 
 
-# Settings come from the command line locally and from environment variables on a
-# Space (which passes no arguments): VSE_MODEL, VSE_GALLERY, VSE_DATA_DIR, ...
-DEFAULT_MODEL = os.environ.get("VSE_MODEL") or "assets/model"
-DEFAULT_GALLERY = os.environ.get("VSE_GALLERY") or "assets/gallery"
-DEFAULT_DATA_DIR = default_data_dir()
+def space_has_oauth() -> bool:
+    """OAuth exists only on a Space with ``hf_oauth: true``; elsewhere reviewers type a name."""
+    return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
+
+
+# The app's settings are AppConfig (below); these process-wide limits are read
+# from the environment only (the README's table of variables).
 DEFAULT_TOP_K = 12
 MAX_TOP_K = 48
 CAPTIONS_SHOWN = 5
@@ -81,20 +85,8 @@ CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older
 EXAMPLE_QUERIES = 6
 # Gallery image files kept for the browser (vse/thumbnails.py); the least recently shown go beyond this.
 THUMBNAIL_CACHE_BYTES = int(float(os.environ.get("VSE_THUMBNAIL_CACHE_MB", "2000")) * 1e6)
-VOTES_PER_MINUTE = int(os.environ.get("VSE_VOTES_PER_MINUTE", "120"))
-# An image leaves the review queue once this many different people reviewed it
-# (3 for majority voting over three reviewers).
-REVIEWS_PER_IMAGE = int(os.environ.get("VSE_REVIEWS_PER_IMAGE", "1"))
 SUGGEST_WRONG = 0.5  # tags at least this likely wrong are shown ticked (the suggested verdict)
 MAX_TAGS_PER_REVIEW = 200
-# Where votes are backed up (vse/vote_backup.py): a Hub dataset repo id, or a local folder.
-BACKUP_REPO = os.environ.get("VSE_FEEDBACK_REPO")
-BACKUP_SECONDS = float(os.environ.get("VSE_BACKUP_SECONDS", "60"))  # a kill loses at most this much
-# OAuth exists only on a Space with `hf_oauth: true`; locally reviewers type a name.
-# VSE_OAUTH=1 turns it on locally too, with Gradio's mocked sign-in (your own Hub login) to try the flow.
-OAUTH_ENABLED = bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID")) or bool(
-    os.environ.get("VSE_OAUTH")
-)
 
 log = logging.getLogger("app")
 IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif"}
@@ -203,16 +195,56 @@ def upload_limit_bytes() -> int:
 
 @dataclass
 class AppConfig:
-    model: str = DEFAULT_MODEL  # Hub repo id or local folder
-    gallery: str = DEFAULT_GALLERY  # datasets source or the assets gallery folder
-    data_dir: str = DEFAULT_DATA_DIR  # votes.db and cached gallery embeddings
-    reviewer: str = "local-reviewer"  # reviewer name when OAuth is off
-    index: str = "auto"  # faiss index kind, see vse.index
-    votes_per_minute: int = VOTES_PER_MINUTE
-    reviews_per_image: int = REVIEWS_PER_IMAGE
-    backup: str | None = BACKUP_REPO  # Hub dataset repo id or folder the votes are backed up to
-    backup_seconds: float = BACKUP_SECONDS
-    oauth: bool = OAUTH_ENABLED  # reviewers sign in with their Hub account (a Space with hf_oauth: true)
+    """The app's settings: ``python app.py --key=value``, or ``VSE_*`` variables on a Space (APP_COMMAND_LINE)."""
+
+    model: str = field(default="assets/model", metadata={"help": "Hub repo id or local model folder"})
+    gallery: str = field(default="assets/gallery", metadata={"help": "datasets source or gallery folder"})
+    data_dir: str = field(
+        default_factory=default_data_dir,
+        metadata={"help": "votes database and index cache (/data/vse on a Space with storage, else feedback)"},
+    )
+    reviewer: str = field(default="local-reviewer", metadata={"help": "reviewer name when OAuth is off"})
+    index: str = field(default="auto", metadata={"help": f"faiss index kind, one of {INDEX_KINDS} (vse.index)"})
+    votes_per_minute: int = field(default=120, metadata={"help": "votes a reviewer may cast a minute"})
+    # An image leaves the review queue once this many different people reviewed it
+    # (3 for majority voting over three reviewers).
+    reviews_per_image: int = field(default=1, metadata={"help": "reviewers per image before it leaves the queue"})
+    backup: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo id or folder the votes are backed up to (vse/vote_backup.py)"}
+    )
+    backup_seconds: float = field(default=60.0, metadata={"help": "backup period: a kill loses at most this much"})
+    # VSE_OAUTH=1 turns it on locally too, with Gradio's mocked sign-in (your own Hub login) to try the flow.
+    oauth: bool = field(
+        default_factory=space_has_oauth, metadata={"help": "reviewers sign in with their Hub account (Space default)"}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "address to serve on"})
+    port: int = field(default=7860, metadata={"help": "port to serve on"})
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {INDEX_KINDS}, got {self.index!r}")
+        if self.votes_per_minute < 1 or self.reviews_per_image < 1 or self.backup_seconds <= 0:
+            raise ValueError("votes_per_minute and reviews_per_image must be at least 1, backup_seconds positive")
+
+
+# A Space passes no arguments: its variables set the fields. Precedence, lowest
+# first: AppConfig's defaults, these variables, --config FILE, the command line.
+APP_COMMAND_LINE = CommandLine(
+    prog="python app.py",
+    description="Image-text retrieval app (Gradio).",
+    environment={
+        "model": "VSE_MODEL",
+        "gallery": "VSE_GALLERY",
+        "data_dir": "VSE_DATA_DIR",
+        "votes_per_minute": "VSE_VOTES_PER_MINUTE",
+        "reviews_per_image": "VSE_REVIEWS_PER_IMAGE",
+        "backup": "VSE_FEEDBACK_REPO",
+        "backup_seconds": "VSE_BACKUP_SECONDS",
+        "oauth": "VSE_OAUTH",
+        "host": "GRADIO_SERVER_NAME",
+        "port": "GRADIO_SERVER_PORT",
+    },
+)
 
 
 class VSEApp:
@@ -714,24 +746,6 @@ def build_ui(app: VSEApp) -> gr.Blocks:
     return demo
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Image-text retrieval app (Gradio).")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub repo id or local model folder (env VSE_MODEL)")
-    parser.add_argument(
-        "--gallery", default=DEFAULT_GALLERY, help="datasets source or gallery folder (env VSE_GALLERY)"
-    )
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="votes database and index cache (env VSE_DATA_DIR; /data/vse on a Space with storage)")  # fmt: skip
-    parser.add_argument("--reviewer", default="local-reviewer", help="reviewer name when OAuth is off")
-    parser.add_argument(
-        "--index", default="auto", choices=("auto", "exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
-    )
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    add_debug_flag(parser)
-    return parser.parse_args(argv)
-
-
 def create_demo(config: AppConfig, progress: Progress | None = None) -> tuple[gr.Blocks, VSEApp]:
     app = VSEApp.create(config, progress)
     demo = build_ui(app)
@@ -798,10 +812,14 @@ def serve(config: AppConfig, host: str, port: int) -> None:
     demo.launch(server_name=host, server_port=port, **launch_options())
 
 
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """``python app.py``: serve the app of the config read from ``argv`` and ``environ`` (default: this process's)."""
+    return run_command(AppConfig, argv, APP_COMMAND_LINE, lambda config: serve(config, config.host, config.port),
+                       environ=environ)  # fmt: skip  # a refused config, model or gallery: one line
+
+
 if __name__ == "__main__":
     # A Space stops its container with SIGTERM: exit cleanly so that unsent votes are flushed (atexit).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args()
-    config = AppConfig(args.model, args.gallery, args.data_dir, args.reviewer, args.index)
-    sys.exit(run_cli(lambda: serve(config, args.host, args.port), debug=args.debug))  # a refused model: one line
+    sys.exit(main())

@@ -12,27 +12,32 @@ split) COCO 1K, the mean over five folds of 1,000 images, and COCO 5K; on 1,000
 images (Flickr30K's test split) Flickr30K 1K.  The published protocols use the
 first five captions of each image (``--captions-per-image``); a split with an
 image that has fewer gets the full-set metrics only, with a warning saying why.
+
+The command line is ``EvaluateConfig`` read by ``training.configuration`` (as
+training's): ``--data.<key>`` reaches every option of a training source,
+``--config FILE`` and ``--print-config`` work, and unknown keys are refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from training.config import DataConfig, SourceConfig
+from training.configuration import CommandLine, run_command
 from training.features import image_store, text_store
 from training.loop import embed_eval_set
 from training.pairs import EvalSet, ImageInputs, TextInputs, eval_set
 from training.pipeline import open_source
 from training.runtime import Runtime
 from training.sources import SourceError
-from vse.cli import USER_ERRORS, add_debug_flag, run_cli
+from vse.cli import USER_ERRORS
 from vse.metrics import (
     COCO_FOLDS,
     COCO_IMAGES,
@@ -137,40 +142,6 @@ def evaluate_model(
     return protocol_metrics(image_emb, text_emb, data, protocol, captions_per_image)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate", description=__doc__.split("\n\n")[0], allow_abbrev=False
-    )
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="caption source: Hub dataset id, imagefolder, data files, or Karpathy's dataset_coco.json / "
-        "dataset_flickr30k.json (with --image-root)",
-    )
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--text-column", default="captions")
-    parser.add_argument("--image-root", default=None, help="root for relative image paths or URLs")
-    parser.add_argument(
-        "--where", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE"
-    )
-    parser.add_argument("--revision", default=None, help="dataset revision")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N rows only")
-    parser.add_argument("--protocol", choices=("auto", "full", "1k", "5k"), default="auto",
-                        help="auto: the full set plus the published protocols the split fits (COCO 1K and 5K on "
-                             "5,000 images, Flickr30K 1K on 1,000)")  # fmt: skip
-    parser.add_argument("--captions-per-image", type=int, default=PUBLISHED_CAPTIONS,
-                        help="captions per image in the published protocols: the first K of each image")  # fmt: skip
-    parser.add_argument("--cache-dir", default="cache", help="feature cache folder")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--update-card", action="store_true",
-                        help="store the results in the model folder's metrics.json and model card (a local folder)")  # fmt: skip
-    add_debug_flag(parser)
-    return parser
-
-
 def update_card(model: VSEModel, folder: Path, split: str, source: SourceConfig, results: dict) -> None:
     """Record the full-set metrics of ``split`` in the folder's metrics.json and model card (model-index)."""
     model.metrics[split] = results["full"]
@@ -182,42 +153,86 @@ def update_card(model: VSEModel, folder: Path, split: str, source: SourceConfig,
     model.save_pretrained(folder)
 
 
-def evaluate_and_report(args: argparse.Namespace, source: SourceConfig) -> int:
-    if args.update_card and args.protocol not in ("auto", "full"):
-        print("error: --update-card records the full-set metrics; use --protocol auto or full", file=sys.stderr)
-        return 2
-    model = VSEModel.from_pretrained(args.model)
-    image_emb, text_emb, data = embed_split(model, source, DataConfig(cache_dir=args.cache_dir), args.batch_size)
-    results = protocol_metrics(image_emb, text_emb, data, args.protocol, args.captions_per_image)
+PROTOCOLS = ("auto", "full", "1k", "5k")
+
+
+@dataclass
+class EvaluateConfig:
+    """What ``python -m training.evaluate`` evaluates, and on which split."""
+
+    model: str = field(metadata={"help": "model folder or Hub repo id"})
+    # The caption split: the training configs' source section, so every source
+    # option (extra_splits, id_column, streaming, ...) works here too.
+    data: SourceConfig = field(default_factory=lambda: SourceConfig(split="test"))
+    protocol: str = field(
+        default="auto",
+        metadata={"help": f"one of {PROTOCOLS}; auto: the full set plus the published protocols the split fits "
+                  "(COCO 1K and 5K on 5,000 images, Flickr30K 1K on 1,000)"},
+    )  # fmt: skip
+    captions_per_image: int = field(
+        default=PUBLISHED_CAPTIONS, metadata={"help": "captions per image in the published protocols: the first K"}
+    )
+    cache_dir: str = field(default="cache", metadata={"help": "feature cache folder"})
+    batch_size: int = 128
+    json: str | None = field(default=None, metadata={"help": "also write the results to this JSON file"})
+    update_card: bool = field(
+        default=False,
+        metadata={"help": "store the results in the model folder's metrics.json and model card (a local folder)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.data.path:
+            raise ValueError("no caption source: give --data PATH (data.path)")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.captions_per_image < 1:
+            raise ValueError("captions_per_image must be at least 1")
+        if self.update_card and self.protocol not in ("auto", "full"):
+            raise ValueError("--update-card records the full-set metrics; use --protocol auto or full")
+
+
+COMMAND_LINE = CommandLine(
+    prog="python -m training.evaluate",
+    description=__doc__.split("\n\n")[0],
+    # The flags this script had before it shared the training configs' source section.
+    aliases={
+        "data": "data.path",
+        "split": "data.split",
+        "image_column": "data.image_column",
+        "text_column": "data.text_column",
+        "image_root": "data.image_root",
+        "where": "data.where",
+        "revision": "data.revision",
+        "limit": "data.limit",
+    },
+    epilog="--data takes a Hub dataset id, an imagefolder, data files, or Karpathy's dataset_coco.json / "
+    "dataset_flickr30k.json (with --image-root); --where COLUMN=VALUE keeps matching rows (repeatable).",
+)
+
+
+def evaluate_and_report(config: EvaluateConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model = VSEModel.from_pretrained(config.model)
+    data_cfg = DataConfig(cache_dir=config.cache_dir)
+    image_emb, text_emb, data = embed_split(model, config.data, data_cfg, config.batch_size)
+    results = protocol_metrics(image_emb, text_emb, data, config.protocol, config.captions_per_image)
     print(format_table(results))
-    print("\n".join(protocol_notes(list(results), len(data.image_rows), len(data.texts), args.captions_per_image)))
-    if args.update_card:
-        if not Path(args.model).is_dir():
+    print("\n".join(protocol_notes(list(results), len(data.image_rows), len(data.texts), config.captions_per_image)))
+    if config.update_card:
+        if not Path(config.model).is_dir():
             print("error: --update-card needs a local model folder (push it afterwards)", file=sys.stderr)
             return 2
-        update_card(model, Path(args.model), args.split, source, results)
-        print(f"metrics of {args.split} written to {args.model}/metrics.json and its model card")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        update_card(model, Path(config.model), config.data.split, config.data, results)
+        print(f"metrics of {config.data.split} written to {config.model}/metrics.json and its model card")
+    if config.json:
+        with open(config.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if any("=" not in item for item in args.where):
-        parser.error("--where takes COLUMN=VALUE")
-    if args.captions_per_image < 1:
-        parser.error("--captions-per-image must be at least 1")
-    source = SourceConfig(
-        path=args.data, split=args.split, image_column=args.image_column, text_column=args.text_column,
-        image_root=args.image_root, where=dict(item.split("=", 1) for item in args.where), revision=args.revision,
-        limit=args.limit,
-    )  # fmt: skip
     # ValueError as well: the data libraries refuse bad sources with it.
-    return run_cli(lambda: evaluate_and_report(args, source), debug=args.debug, expected=(*USER_ERRORS, ValueError))
+    return run_command(EvaluateConfig, argv, COMMAND_LINE, evaluate_and_report, expected=(*USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

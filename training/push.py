@@ -6,15 +6,17 @@ The folder is loaded first (so a broken or unsafe folder is never published),
 then saved again into the upload: safetensors weights, config, tokenizer files
 and a model card that records the metrics, the datasets with their revisions and
 fingerprints, and the training config.  Authentication comes from ``--token``,
-``HF_TOKEN`` or ``hf auth login``.
+``HF_TOKEN`` or ``hf auth login``.  The command line is ``PushConfig`` read by
+``training.configuration``; ``--print-config`` masks the token.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
-from vse.cli import USER_ERRORS, add_debug_flag, run_cli
+from training.configuration import CommandLine, run_command
+from vse.cli import USER_ERRORS
 from vse.model import VSEModel
 
 
@@ -32,28 +34,32 @@ def push(model_dir: str, repo_id: str, *, private: bool = False, token: str | No
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.push", description=__doc__.split("\n\n")[0], allow_abbrev=False
+@dataclass
+class PushConfig:
+    """Which model folder ``python -m training.push`` uploads, and where."""
+
+    model: str = field(metadata={"help": "a saved model folder (e.g. runs/x/model)"})
+    repo: str = field(metadata={"help": "target Hub repository, USER/NAME"})
+    private: bool = field(default=False, metadata={"help": "create the repository as private"})
+    # Masked by --print-config.
+    token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the saved login)", "secret": True}
     )
-    parser.add_argument("--model", required=True, help="a saved model folder (e.g. runs/x/model)")
-    parser.add_argument("--repo", required=True, help="target Hub repository, USER/NAME")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
-    parser.add_argument("--branch", default=None, help="branch to push to (default: main)")
-    parser.add_argument("--message", default=None, help="commit message")
-    add_debug_flag(parser)
-    return parser
+    branch: str | None = field(default=None, metadata={"help": "branch to push to (default: main)"})
+    message: str | None = field(default=None, metadata={"help": "commit message"})
+
+
+COMMAND_LINE = CommandLine(prog="python -m training.push", description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # ValueError as well: the Hub client refuses bad repository ids with it.
-    return run_cli(lambda: push_and_report(args), debug=args.debug, expected=(*USER_ERRORS, ValueError))
+    return run_command(PushConfig, argv, COMMAND_LINE, push_and_report, expected=(*USER_ERRORS, ValueError))
 
 
-def push_and_report(args: argparse.Namespace) -> None:
-    url = push(args.model, args.repo, private=args.private, token=args.token, branch=args.branch, message=args.message)
+def push_and_report(config: PushConfig) -> None:
+    url = push(config.model, config.repo, private=config.private, token=config.token, branch=config.branch,
+               message=config.message)  # fmt: skip
     print(f"pushed to {url}")
 
 

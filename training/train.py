@@ -14,7 +14,6 @@ Multi-process: ``accelerate launch -m training.train ...`` or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -29,7 +28,7 @@ import torch
 from training.cache import cache_key, texts_digest
 from training.checkpoint import CHECKPOINT_DIR, MetricsLog, read_checkpoint_state
 from training.config import RUNTIME_KEYS, TrainConfig
-from training.configuration import ConfigError, load_config
+from training.configuration import CommandLine, run_command
 from training.corrections import applied_counts
 from training.curriculum import easy_to_hard, pair_agreement
 from training.loop import BEST_DIR, Interrupted, RunSelection, StageContext, evaluate, run_stage
@@ -39,7 +38,7 @@ from training.runtime import Runtime, SetupError
 from training.sources import SourceError
 from training.stages import TrainingPairs, stage_one, stage_two, uses_web
 from training.suspicion import noise_aware_weights
-from vse.cli import USER_ERRORS, add_debug_flag, run_cli
+from vse.cli import USER_ERRORS
 from vse.model import VSEModel
 from vse.suspicion import SuspicionTable
 
@@ -385,38 +384,20 @@ def save_final_model(
     return folder
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Two-stage webly supervised training of a visual-semantic embedding.",
-        epilog=(
-            "Any config value can be overridden with --section.key=value, e.g. "
-            "--stage1.optim.lr=1e-4 --data.captions.path=my/folder --stage2.enabled=false. "
-            "Unknown keys and wrongly typed values are rejected."
-        ),
-        allow_abbrev=False,
-    )
-    parser.add_argument("--config", help="YAML or JSON config file (see configs/)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    add_debug_flag(parser)
-    return parser
+COMMAND_LINE = CommandLine(
+    prog="python -m training.train",
+    description="Two-stage webly supervised training of a visual-semantic embedding.",
+    epilog="Example: --config configs/offline_default.yaml --stage1.optim.lr=1e-4 --data.captions.path=my/folder "
+    "--stage2.enabled=false",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        config = load_config(TrainConfig, args.config, overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.print_config:
-        print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_cli(lambda: train_and_report(config), debug=args.debug, expected=CLI_ERRORS)
+    return run_command(TrainConfig, argv, COMMAND_LINE, train_and_report, expected=CLI_ERRORS)
 
 
 def train_and_report(config: TrainConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     folder = run_training(config)
     if folder is None:
         print(
