@@ -13,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Keep datasets' cache of test data out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="vse-test-datasets-")
+# Exported ONNX graphs are kept for the whole session (app processes the tests
+# start share them), never in the user's cache.
+os.environ["VSE_ONNX_CACHE"] = tempfile.mkdtemp(prefix="vse-test-onnx-")
 
 from pathlib import Path  # noqa: E402
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import time
+import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,6 +13,12 @@ import torch
 import vse.onnx_copy as onnx_copy
 from vse import VSEConfig, VSEModel
 from vse.backbones import EfficientNetLiteBackbone
+
+
+@pytest.fixture(autouse=True)
+def export_every_time(monkeypatch):
+    """Every test here exports afresh; the graphs kept on disk have their own tests (the last ones)."""
+    monkeypatch.setenv(onnx_copy.CACHE_ENV, "off")
 
 
 def backbone(runtime: str = "auto") -> EfficientNetLiteBackbone:
@@ -23,6 +32,48 @@ def torch_features(module: EfficientNetLiteBackbone, pixels: torch.Tensor) -> to
     """Naive reference: the PyTorch trunk, NCHW, one image at a time."""
     with torch.no_grad():
         return torch.cat([module.trunk.extract_features(image[None]).mean(dim=(2, 3)) for image in pixels])
+
+
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def deprecations_from(action: Callable[[], object]) -> list[str]:
+    """Every deprecation warning ``action`` emits, whatever the filters around the test say."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+        for w in caught
+        if issubclass(w.category, DEPRECATIONS)
+    ]
+
+
+def test_export_is_current_and_quiet(capfd):
+    """The torch.export-based exporter: no deprecation warning, nothing printed, same features."""
+    module = backbone()
+    pixels = torch.randn(3, 3, 64, 64)
+    capfd.readouterr()
+    with torch.inference_mode():
+        assert deprecations_from(lambda: module(pixels)) == []
+    assert module.onnx_copy.exported
+    assert capfd.readouterr() == ("", "")
+    with torch.inference_mode():
+        torch.testing.assert_close(module(pixels), torch_features(module, pixels), atol=1e-4, rtol=1e-4)
+
+
+class WarnsWhenTraced(torch.nn.Module):
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        warnings.warn("the model's own warning", UserWarning, stacklevel=1)
+        return values.mean(dim=1)
+
+
+def test_export_hides_no_warning():
+    """Warnings raised while exporting reach the caller (only torch's own notes go to DEBUG)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onnx_copy.export_onnx(WarnsWhenTraced(), {"values": torch.randn(1, 4)}, {0: "batch"})
+    assert any("the model's own warning" in str(w.message) for w in caught)
 
 
 def test_features_equal_pytorch_for_any_batch_size():
@@ -114,7 +165,7 @@ def test_runtime_choice_and_missing_package(monkeypatch):
     with torch.inference_mode():
         torch.testing.assert_close(auto(pixels), torch_features(auto, pixels))
     assert not auto.onnx_copy.exported
-    with pytest.raises(ImportError, match="pip install onnx onnxruntime"), torch.inference_mode():
+    with pytest.raises(ImportError, match="pip install onnx onnxscript onnxruntime"), torch.inference_mode():
         backbone("onnx")(pixels)
 
 
@@ -157,13 +208,18 @@ def naive_text_features(encoder, texts: list[str]) -> torch.Tensor:
     return torch.cat(rows)
 
 
-@pytest.mark.parametrize("first_call", ["one unpadded sentence", "a padded batch"])
+@pytest.mark.parametrize("first_call", ["one unpadded sentence", "the shortest sentence", "a padded batch"])
 def test_text_features_equal_pytorch_for_padded_batches(text_encoder, first_call):
-    """The copy is exported from whatever comes first; padding must still be masked after."""
+    """The copy is exported from whatever comes first; padding must still be masked after.
+
+    The empty sentence (two tokens; the batch of one is widened to two for export)
+    gives an example whose batch and token counts are equal: they must stay two axes.
+    """
     texts = ["a red apple", "a flag with a star and a moon and a sun", "", "clock"]
+    first = {"one unpadded sentence": ["warm up"], "the shortest sentence": [""]}.get(first_call)
     with torch.inference_mode():
-        if first_call == "one unpadded sentence":
-            text_encoder.features(text_encoder.tokenize(["warm up"]))
+        if first:
+            assert deprecations_from(lambda: text_encoder.features(text_encoder.tokenize(first))) == []
         features = text_encoder.features(text_encoder.tokenize(texts))
         single = text_encoder.features(text_encoder.tokenize(texts[1:2]))
     assert text_encoder.onnx_copy.exported
@@ -203,3 +259,51 @@ def test_transformers_vision_backbones_equal_pytorch(request, backbone_name, poo
         reference = torch.cat([module(image[None]) for image in pixels])
     assert module.onnx_copy.exported and not module.onnx_copy.failed
     torch.testing.assert_close(features, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_exported_graph_is_kept_and_reused_by_the_next_model(monkeypatch, tmp_path):
+    monkeypatch.setenv(onnx_copy.CACHE_ENV, str(tmp_path))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        first = backbone()(pixels)
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    monkeypatch.setattr(onnx_copy, "export_onnx", lambda *_: pytest.fail("exported again"))
+    fresh = backbone()  # same weights, as in a restarted process
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(pixels), first)
+    assert fresh.onnx_copy.exported
+
+
+def test_changed_weights_or_axes_give_another_graph(monkeypatch, tmp_path):
+    module = backbone()
+    example = {"pixels": torch.randn(1, 3, 64, 64)}
+    key = onnx_copy.graph_key(module, example, {0: "batch"})
+    assert key == onnx_copy.graph_key(copy.deepcopy(module), example, {0: "batch"})
+    assert key == onnx_copy.graph_key(module, {"pixels": torch.randn(5, 3, 64, 64)}, {0: "batch"})  # batch is dynamic
+    assert key != onnx_copy.graph_key(module, {"pixels": torch.randn(1, 3, 32, 32)}, {0: "batch"})
+    assert key != onnx_copy.graph_key(module, example, {0: "batch", 2: "height"})
+    changed = copy.deepcopy(module)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert key != onnx_copy.graph_key(changed, example, {0: "batch"})
+
+
+def test_damaged_graph_is_exported_again(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(onnx_copy.CACHE_ENV, str(tmp_path))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = backbone()(pixels)
+    (kept,) = tmp_path.glob("*.onnx")
+    kept.write_bytes(b"not an onnx graph")
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone()(pixels), expected)
+    assert "unreadable" in caplog.text and kept.read_bytes() != b"not an onnx graph"
+
+
+def test_only_the_most_recent_graphs_are_kept(tmp_path):
+    for number in range(5):
+        onnx_copy.keep_graph(tmp_path, f"key{number}", b"graph", keep=3)
+        time.sleep(0.02)  # file times are coarser than a write
+    assert sorted(p.stem for p in tmp_path.glob("*.onnx")) == ["key2", "key3", "key4"]
+    assert onnx_copy.cached_graph(tmp_path, "key4") == b"graph" and onnx_copy.cached_graph(tmp_path, "key0") is None
+    assert onnx_copy.cached_graph(None, "key4") is None

@@ -6,7 +6,12 @@ one query in about 2 ms instead of 9.  Features agree to 1e-5
 (docs/PERFORMANCE.md).  A frozen backbone therefore keeps an ONNX copy of itself
 for inference:
 
-* exported in memory on first use (about a second; nothing is written to disk);
+* exported on first use by torch's ``torch.export``-based exporter (4-5 s per
+  backbone on these machines; the deprecated TorchScript exporter took under a
+  second but warns that it will go), and the graph kept on disk under a digest of
+  the module's weights, structure and the exporter's versions (``VSE_ONNX_CACHE``,
+  default ``~/.cache/vse/onnx``; ``off`` keeps nothing): the next start of the
+  same model reads it in milliseconds;
 * used only where it gives the same answer as PyTorch: CPU inputs, eval mode, no
   gradient asked for.  Training a backbone, GPUs and anything else run PyTorch;
 * rebuilt when the weights change: every parameter and buffer is checked against
@@ -22,21 +27,42 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.metadata
 import importlib.util
-import io
+import json
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from vse.files import write_bytes_atomically
+
 RUNTIMES = ("auto", "onnx", "torch")
 RUNTIME_ENV = "VSE_RUNTIME"
-OPSET = 17
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+CACHE_ENV = "VSE_ONNX_CACHE"
+CACHE_KEEP = 8  # exported graphs kept on disk; the least recently used go first
+OPSET = 18  # the exporter's own operator set: no version conversion after export
+
+# Warnings torch 2.13's exporter raises on every export, whatever the model, about
+# its own code: logged at DEBUG (``upstream_warnings_at_debug``); every other
+# warning is shown as usual.
+UPSTREAM_NOTES: tuple[tuple[type[Warning], str], ...] = (
+    # ExportedProgram.run_decompositions deep-copies the input and output tree
+    # specs, which constructs torch's own deprecated LeafSpec class.
+    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+)
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")  # an INFO record per optimisation pass
+REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+TORCHVISION_NOTE = "torchvision is not installed. Skipping torchvision::"
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +83,8 @@ def default_runtime() -> str:
 
 @functools.cache
 def onnx_runtime_installed() -> bool:
-    """Both the exporter's dependency (onnx) and the runtime (onnxruntime) are importable."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    """The exporter's dependencies (onnx, onnxscript) and the runtime (onnxruntime) are importable."""
+    return all(importlib.util.find_spec(name) is not None for name in ONNX_PACKAGES)
 
 
 def weights_stamp(module: nn.Module) -> tuple:
@@ -89,27 +115,202 @@ def restored_modes(modes: dict[nn.Module, bool]) -> Iterator[None]:
             submodule.training = training
 
 
+def exporter_chatty() -> bool:
+    """Whether the exporter's progress notes are shown: only when this module logs at DEBUG.
+
+    They are many (a ``print`` per export step, an INFO record per optimisation
+    pass) and say nothing a user of the library acts on; failures still raise
+    with the exporter's report, and its warnings are always shown.
+    """
+    return log.isEnabledFor(logging.DEBUG)
+
+
+def is_upstream_note(caught: warnings.WarningMessage) -> bool:
+    """A warning torch emits on every export that says nothing about the model exported."""
+    return any(
+        issubclass(caught.category, category) and str(caught.message).startswith(prefix)
+        for category, prefix in UPSTREAM_NOTES
+    )
+
+
+def pass_on(caught: list[warnings.WarningMessage]) -> None:
+    """Re-emit ``caught`` under the caller's filters, except upstream notes, which go to DEBUG."""
+    for item in caught:
+        if is_upstream_note(item):
+            log.debug("ONNX export: %s: %s", item.category.__name__, item.message)
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno, source=item.source)
+
+
+class TorchvisionNote(logging.Filter):
+    """Keeps the registry's note that torchvision (whose operators no backbone uses) is missing for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return exporter_chatty() or not record.getMessage().startswith(TORCHVISION_NOTE)
+
+
+@contextlib.contextmanager
+def progress_notes_at_debug() -> Iterator[None]:
+    """The exporter's INFO records and torchvision note appear only at DEBUG; its warnings always.
+
+    Only loggers left at NOTSET are given a level, so that a level someone chose stays.
+    """
+    inheriting = [] if exporter_chatty() else [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    inheriting = [logger for logger in inheriting if logger.level == logging.NOTSET]
+    registry_log, note = logging.getLogger(REGISTRY_LOGGER), TorchvisionNote()
+    registry_log.addFilter(note)
+    for logger in inheriting:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger in inheriting:
+            logger.setLevel(logging.NOTSET)
+        registry_log.removeFilter(note)
+
+
+@contextlib.contextmanager
+def upstream_warnings_at_debug() -> Iterator[None]:
+    """Warnings raised inside pass through unchanged, except ``UPSTREAM_NOTES`` (logged at DEBUG)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # outside the block: the caller's filters, not "always", decide what is shown
+        pass_on(caught)
+
+
+def widened(example: dict[str, torch.Tensor], dynamic_axes: dict[int, str]) -> dict[str, torch.Tensor]:
+    """``example`` with every dynamic axis at least 2 long.
+
+    ``torch.export`` treats a size of 0 or 1 as a constant, which would fix the
+    batch (or token) count of the exported graph; repeating the slice keeps it symbolic.
+    The values do not shape the graph: ``torch.export`` refuses data-dependent branches.
+    """
+    grown = {}
+    for name, tensor in example.items():
+        for axis in dynamic_axes:
+            if tensor.shape[axis] < 2:
+                tensor = tensor.repeat_interleave(2, dim=axis)
+        grown[name] = tensor
+    return grown
+
+
 def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[int, str]) -> bytes:
-    """ONNX bytes of ``module(*example.values())`` with one output; ``dynamic_axes`` of every input."""
-    buffer = io.BytesIO()
-    # The exporter switches the module to eval and back to the *wrapper's* mode,
-    # recursively; every submodule's own mode is put back afterwards.
+    """ONNX bytes of ``module(*example.values())`` with one output; ``dynamic_axes`` of every input.
+
+    Exported by ``torch.export`` (``torch.onnx.export(..., dynamo=True)``, the
+    current exporter; it needs ``onnxscript``).  Each dynamic axis is declared
+    ``Dim.DYNAMIC`` in every input and named after export: the exporter finds
+    which axes are equal (the batch of ids and mask) by itself, and a named
+    ``Dim`` shared between inputs makes it warn that the name is used twice.
+    """
+    example = widened(example, dynamic_axes)
+    dynamic_shapes = tuple(dict.fromkeys(dynamic_axes, torch.export.Dim.DYNAMIC) for _ in example)
     modes = {submodule: submodule.training for submodule in module.modules()}
-    with restored_modes(modes), warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter is deprecated in favour of torch.export, which
-        # needs onnxscript and takes far longer here; its folding notes are noise.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
+    start = time.perf_counter()
+    # Traced in eval mode; every submodule's own mode is put back afterwards.
+    with (
+        restored_modes(modes),
+        upstream_warnings_at_debug(),
+        progress_notes_at_debug(),
+        torch.inference_mode(False),  # the caller may be in inference mode; export traces normal tensors
+        torch.no_grad(),
+    ):
+        module.eval()
+        program = torch.onnx.export(
             module,
-            tuple(example.values()),
-            buffer,
-            dynamo=False,
+            tuple(tensor.clone() for tensor in example.values()),
+            dynamo=True,
             opset_version=OPSET,
             input_names=list(example),
             output_names=["output"],
-            dynamic_axes={**{name: dynamic_axes for name in example}, "output": {0: "batch"}},
+            dynamic_shapes=dynamic_shapes,
+            verbose=exporter_chatty(),
         )
-    return buffer.getvalue()
+    program.rename_axes(axis_names(program, dynamic_axes))
+    log.debug("exported %s to ONNX in %.1f s", type(module).__name__, time.perf_counter() - start)
+    return program.model_proto.SerializeToString()
+
+
+def onnx_cache_dir() -> Path | None:
+    """Where exported graphs are kept (``VSE_ONNX_CACHE``; ``off`` or ``0``: nowhere)."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() in ("off", "0", "none", "false"):
+        return None
+    if value:
+        return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vse" / "onnx"
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def graph_key(module: nn.Module, example: dict[str, torch.Tensor], dynamic_axes: dict[int, str]) -> str:
+    """A digest of everything the exported graph depends on: weights, structure, inputs, exporter versions.
+
+    The structure is the module's class and ``repr`` plus the configuration of any
+    transformers submodule (attention implementation, activation, ...); the inputs
+    are their names, dtypes and shapes with the dynamic axes left out.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    configs = [
+        m.config.to_json_string() for m in module.modules() if hasattr(getattr(m, "config", None), "to_json_string")
+    ]
+    header = {
+        "versions": [torch.__version__, package_version("onnxscript"), package_version("onnx"), OPSET],
+        "module": [type(module).__module__, type(module).__qualname__, repr(module), configs],
+        "inputs": [
+            [name, str(t.dtype), [None if axis in dynamic_axes else size for axis, size in enumerate(t.shape)]]
+            for name, t in example.items()
+        ],
+        "axes": sorted(dynamic_axes.items()),
+    }
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_graph(folder: Path | None, key: str) -> bytes | None:
+    """The kept graph of ``key`` (marked as just used), or None."""
+    if folder is None:
+        return None
+    path = folder / f"{key}.onnx"
+    try:
+        data = path.read_bytes()
+        os.utime(path)
+    except OSError:
+        return None
+    return data or None
+
+
+def keep_graph(folder: Path | None, key: str, data: bytes, keep: int = CACHE_KEEP) -> None:
+    """Write the graph atomically and drop the least recently used beyond ``keep``; a cache that fails only logs."""
+    if folder is None:
+        return
+    try:
+        write_bytes_atomically(folder / f"{key}.onnx", data)
+        kept = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in kept[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("could not keep the exported ONNX graph in %s: %s", folder, err)
+
+
+def forget_graph(folder: Path | None, key: str) -> None:
+    if folder is not None:
+        (folder / f"{key}.onnx").unlink(missing_ok=True)
+
+
+def axis_names(program: torch.onnx.ONNXProgram, dynamic_axes: dict[int, str]) -> dict:
+    """The exporter's symbols (``s0``, ``s1``...) of the dynamic input axes -> their names."""
+    return {value.shape[axis]: name for value in program.model.graph.inputs for axis, name in dynamic_axes.items()}
 
 
 def make_session(model_bytes: bytes, threads: int):
@@ -173,9 +374,25 @@ class OnnxCopy:
             if self._session is None or key != self._key:
                 example = {name: tensor[:1].detach().clone() for name, tensor in inputs.items()}
                 example = {name: t.to(torch.float32) if t.is_floating_point() else t for name, t in example.items()}
-                self._session = make_session(export_onnx(module, example, self.dynamic_axes), key[2])
+                self._session = self._build_session(module, example, key[2])
                 self._key = key
             return self._session
+
+    def _build_session(self, module: nn.Module, example: dict[str, torch.Tensor], threads: int):
+        """A session from the graph kept on disk, else from a fresh export (kept for the next start)."""
+        folder = onnx_cache_dir()
+        key = graph_key(module, example, self.dynamic_axes) if folder is not None else ""
+        kept = cached_graph(folder, key)
+        if kept is not None:
+            try:
+                return make_session(kept, threads)
+            except Exception as err:  # a damaged file: export again
+                log.warning("kept ONNX graph %s.onnx is unreadable (%s); exporting again", key, err)
+                forget_graph(folder, key)
+        data = export_onnx(module, example, self.dynamic_axes)
+        session = make_session(data, threads)
+        keep_graph(folder, key, data)
+        return session
 
 
 def in_slices(
@@ -214,7 +431,7 @@ def run_frozen(
         return in_pytorch()
     if not onnx_runtime_installed():
         if runtime == "onnx":
-            raise ImportError("runtime 'onnx' needs: pip install onnx onnxruntime")
+            raise ImportError(f"runtime 'onnx' needs: pip install {' '.join(ONNX_PACKAGES)}")
         return in_pytorch()
     if runtime == "onnx":
         return copy.run(module, inputs, micro_batch)

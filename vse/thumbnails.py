@@ -19,12 +19,13 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+
+from vse.files import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ThumbnailCache:
         if suffix not in SUFFIXES:
             raise ValueError(f"a thumbnail is stored as one of {SUFFIXES}, not {suffix!r}")
         path = self.path(key, suffix)
-        write_file_atomically(path, data)
+        write_bytes_atomically(path, data)
         self._count(len(data))
         return path
 
@@ -102,20 +103,6 @@ def scaled_down(image: Image.Image, side: int = THUMBNAIL_SIDE) -> tuple[bytes, 
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=85, method=4)
     return buffer.getvalue(), ".webp"
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a unique temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temporary, 0o644)  # served as an ordinary file, not mkstemp's owner-only mode
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def stored_files(folder: Path) -> list[os.DirEntry]:
