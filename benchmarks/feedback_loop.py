@@ -201,8 +201,10 @@ def queue_quality(served: ServedApp, truth: Truth) -> dict:
     overall = float(np.mean(flags))
     share = sum(per_image[i][0] for i in first) / max(1, sum(per_image[i][1] for i in first))
     coverage = sum(per_image[i][0] for i in first) / max(1, sum(flags))
+    oracle = sorted(per_image, key=lambda i: -per_image[i][0])[: len(first)]  # knows every wrong tag
     return {"auc": injected_auc(np.array(probabilities), np.array(flags)), "overall_wrong": overall,
             "queue10_wrong": share, "queue10_ratio": share / overall if overall else float("nan"),
+            "oracle10_coverage": sum(per_image[i][0] for i in oracle) / max(1, sum(flags)),
             "queue10_coverage": coverage}  # fmt: skip
 
 
@@ -331,6 +333,12 @@ def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise:
     )
     covered = [q["queue10_coverage"] for q in quality if "queue10_coverage" in q]
     coverage = f"{100 * np.mean(covered):.1f}%" if covered else "an unmeasured share"
+    oracle = [q["oracle10_coverage"] for q in quality if "oracle10_coverage" in q]
+    ceiling = (
+        f" An oracle that knows every wrong tag, taking the 10% of images with the most, holds {100 * np.mean(oracle):.1f}%."
+        if oracle
+        else ""
+    )
     return f"""## {corpus}
 
 {len(seeds)} seeds; {len(seeds[0]["arms"])} trainings per seed; {timing}.
@@ -339,7 +347,7 @@ Web images: {seeds[0]["arms"]["full"]["images"]}; tags replaced by noise: {100 *
 **The queue** (model 0, no review): per-tag P(wrong) AUC {mean_std([q["auc"] for q in quality], 3)} at finding the
 replaced tags; the first 10% of the queue holds {100 * mean_of(quality, "queue10_wrong"):.1f}% wrong tags against
 {100 * mean_of(quality, "overall_wrong"):.1f}% overall ({mean_std([q["queue10_ratio"] for q in quality], 2)}×) and
-{coverage} of all the wrong tags (a random 10% of the images: about 10%).
+{coverage} of all the wrong tags (a random 10% of the images: about 10%).{ceiling}
 
 {table}
 
