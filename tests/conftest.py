@@ -40,6 +40,18 @@ def tiny_vit(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_dir(tiny_vit, tmp_path_factory) -> Path:
+    """A saved tiny model (ViT image backbone, GRU text encoder) for galleries and services to load."""
+    from vse import VSEConfig, VSEModel
+    from vse.vocab import vocabulary_from_words
+
+    config = VSEConfig(image_backbone=str(tiny_vit), image_pooling="cls", text_encoder="gru", embed_dim=8, word_dim=4)
+    folder = tmp_path_factory.mktemp("model") / "model"
+    VSEModel(config, tokenizer=vocabulary_from_words(["a", "red", "circle"])).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_resnet(tiny_dir) -> Path:
     return make_tiny_resnet(tiny_dir / "resnet")
 

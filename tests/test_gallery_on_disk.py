@@ -26,13 +26,11 @@ from PIL import Image
 
 from tests.app_fixtures import ASSETS, ROOT
 from tests.data_factory import draw
-from vse import VSEConfig, VSEModel
 from vse.gallery import Gallery, GalleryEmbeddings, gallery_from_rows, load_gallery, model_digest, write_gallery
 from vse.gallery_fingerprint import RECORD_NAME, file_sha256, is_well_formed, read_record
 from vse.gallery_shards import PYTHON_WHITESPACE, ROW_GROUP_BYTES, ShardImages
 from vse.retrieval import GALLERY_STATE, RetrievalService, cache_folder
 from vse.thumbnails import ThumbnailCache
-from vse.vocab import vocabulary_from_words
 
 
 def png(colour: str = "red", shape: str = "circle") -> bytes:
@@ -69,14 +67,6 @@ def in_memory(rows: list[dict]) -> Gallery:
     """The same rows as a gallery held in memory: what the shards must read as."""
     gallery, _ = gallery_from_rows(rows)
     return gallery
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_vit, tmp_path_factory) -> Path:
-    config = VSEConfig(image_backbone=str(tiny_vit), image_pooling="cls", text_encoder="gru", embed_dim=8, word_dim=4)
-    folder = tmp_path_factory.mktemp("model") / "model"
-    VSEModel(config, tokenizer=vocabulary_from_words(["a", "red", "circle"])).save_pretrained(folder)
-    return folder
 
 
 # ------------------------------------------------------------------ memory

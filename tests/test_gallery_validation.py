@@ -16,11 +16,9 @@ import pytest
 from PIL import Image
 
 from tests.data_factory import draw
-from vse import VSEConfig, VSEModel
 from vse.errors import GalleryError
 from vse.gallery import GalleryEmbeddings, gallery_from_rows, load_gallery, write_gallery
 from vse.retrieval import RetrievalService, servable
-from vse.vocab import vocabulary_from_words
 
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n but the rest is missing"
 
@@ -52,14 +50,6 @@ def refused(source) -> str:
         load_gallery(source)
     assert time.perf_counter() - start < 5.0, "the refusal must come quickly"
     return str(caught.value)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_vit, tmp_path_factory) -> Path:
-    config = VSEConfig(image_backbone=str(tiny_vit), image_pooling="cls", text_encoder="gru", embed_dim=8, word_dim=4)
-    folder = tmp_path_factory.mktemp("model") / "model"
-    VSEModel(config, tokenizer=vocabulary_from_words(["a", "red", "circle"])).save_pretrained(folder)
-    return folder
 
 
 # ------------------------------------------------------------------ folders that hold no gallery
