@@ -19,7 +19,6 @@ import struct
 import sys
 import tempfile
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -63,7 +62,7 @@ def peak_memory_growth(action: Callable[[], object], interval: float = 0.005) ->
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], resident_bytes())
-            time.sleep(interval)
+            done.wait(interval)  # wakes at once when the action ends
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
