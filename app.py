@@ -48,14 +48,14 @@ from gradio.exceptions import InvalidPathError
 from gradio.utils import get_upload_folder
 
 from training.configuration import CommandLine, run_command
-from vse.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
-from vse.gallery import GalleryItem
 from vse.images import ImageLoadError
-from vse.index import KINDS as INDEX_KINDS
-from vse.retrieval import Progress, QueryError, RetrievalService
+from vse.serving.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
+from vse.serving.gallery import GalleryItem
+from vse.serving.index import KINDS as INDEX_KINDS
+from vse.serving.retrieval import Progress, QueryError, RetrievalService
+from vse.serving.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
+from vse.serving.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 from vse.text import normalize_tag
-from vse.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
-from vse.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 
 PERSISTENT_STORAGE = Path("/data")  # where a Space mounts its persistent storage, when it has some
 
@@ -83,7 +83,7 @@ QUEUE_SIZE = int(os.environ.get("VSE_QUEUE_SIZE", "64"))  # requests waiting bey
 MAX_UPLOAD = os.environ.get("VSE_MAX_UPLOAD", "10mb")  # larger uploads are refused before they reach the app
 CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older than an hour
 EXAMPLE_QUERIES = 6
-# Gallery image files kept for the browser (vse/thumbnails.py); the least recently shown go beyond this.
+# Gallery image files kept for the browser (vse/serving/thumbnails.py); the least recently shown go beyond this.
 THUMBNAIL_CACHE_BYTES = int(float(os.environ.get("VSE_THUMBNAIL_CACHE_MB", "2000")) * 1e6)
 SUGGEST_WRONG = 0.5  # tags at least this likely wrong are shown ticked (the suggested verdict)
 MAX_TAGS_PER_REVIEW = 200
@@ -204,13 +204,14 @@ class AppConfig:
         metadata={"help": "votes database and index cache (/data/vse on a Space with storage, else feedback)"},
     )
     reviewer: str = field(default="local-reviewer", metadata={"help": "reviewer name when OAuth is off"})
-    index: str = field(default="auto", metadata={"help": f"faiss index kind, one of {INDEX_KINDS} (vse.index)"})
+    index: str = field(default="auto", metadata={"help": f"faiss index kind, one of {INDEX_KINDS} (vse.serving.index)"})
     votes_per_minute: int = field(default=120, metadata={"help": "votes a reviewer may cast a minute"})
     # An image leaves the review queue once this many different people reviewed it
     # (3 for majority voting over three reviewers).
     reviews_per_image: int = field(default=1, metadata={"help": "reviewers per image before it leaves the queue"})
     backup: str | None = field(
-        default=None, metadata={"help": "Hub dataset repo id or folder the votes are backed up to (vse/vote_backup.py)"}
+        default=None,
+        metadata={"help": "Hub dataset repo id or folder the votes are backed up to (vse/serving/vote_backup.py)"},
     )
     backup_seconds: float = field(default=60.0, metadata={"help": "backup period: a kill loses at most this much"})
     # VSE_OAUTH=1 turns it on locally too, with Gradio's mocked sign-in (your own Hub login) to try the flow.
@@ -320,7 +321,7 @@ class VSEApp:
 
         Returning files (not PIL images) spares re-encoding every result and lets
         Gradio serve the same bytes to concurrent requests safely; a later view
-        finds the file without reading the image from the gallery (vse/thumbnails.py).
+        finds the file without reading the image from the gallery (vse/serving/thumbnails.py).
         """
         gallery = self.service.gallery
         return str(self.thumbnails.file(gallery.image_key(index), lambda: self.displayable_image(index)))

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def scaled_service(size: int):
     """A RetrievalService over the demo gallery repeated to ``size`` images."""
-    from vse.gallery import Gallery, GalleryEmbeddings, GalleryItem, load_gallery, model_digest
     from vse.model import VSEModel
-    from vse.retrieval import RetrievalService
+    from vse.serving.gallery import Gallery, GalleryEmbeddings, GalleryItem, load_gallery, model_digest
+    from vse.serving.retrieval import RetrievalService
 
     base, _ = load_gallery(ROOT / "assets" / "gallery")
     base_emb = GalleryEmbeddings.load(
@@ -157,7 +157,7 @@ def browser_latencies(url: str, queries: list[str]) -> tuple[list[float], list[s
 
 def main(argv: list[str] | None = None) -> int:
     import app as app_module
-    from vse.feedback import FeedbackStore
+    from vse.serving.feedback import FeedbackStore
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gallery-size", type=int, default=100_000)

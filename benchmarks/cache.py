@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_source(folder: Path, size: int) -> Path:
-    from tests.data_factory import COLOURS, SHAPES, draw
+    from vse.testing.shapes import COLOURS, SHAPES, draw
 
     combos = [(c, s) for c in COLOURS for s in SHAPES]
     lines = []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.common import machine_line, markdown_table, run_to_completion, write_section
 from benchmarks.load import RELIABILITY
-from vse.feedback import FeedbackStore
+from vse.serving.feedback import FeedbackStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +51,10 @@ def concurrent_writers(folder: Path, writers: int, votes: int) -> list:
 
 
 def killed_writer(folder: Path) -> list:
-    from tests.test_feedback_durability import WRITER_SCRIPT
-
     db_path = folder / "killed.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER_SCRIPT, str(db_path)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "vse.testing.vote_writer", str(db_path)], stdout=subprocess.PIPE, text=True, env=env
     )
     acknowledged = []
     while len(acknowledged) < 1000:

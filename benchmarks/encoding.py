@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_images(count: int) -> list[bytes]:
-    from vse.gallery import load_gallery
+    from vse.serving.gallery import load_gallery
 
     gallery, _ = load_gallery(ROOT / "assets" / "gallery")
     return [gallery.items[i % len(gallery)].image for i in range(count)]
 
 
 def demo_sentences(count: int) -> list[str]:
-    from vse.gallery import load_gallery
+    from vse.serving.gallery import load_gallery
 
     gallery, _ = load_gallery(ROOT / "assets" / "gallery")
     texts = [*gallery.caption_texts, *(", ".join(tags) for tags in gallery.tag_lists() if tags)]

@@ -125,7 +125,7 @@ def write_gallery_of(web_folder: Path, target: Path) -> Path:
     """The noisy web images as an app gallery (thumbnails, titles, noisy tags)."""
     import datasets
 
-    from vse.gallery import thumbnail_bytes, write_gallery
+    from vse.serving.gallery import thumbnail_bytes, write_gallery
 
     if (target / "done").is_file():
         return target

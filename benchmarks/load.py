@@ -57,7 +57,7 @@ def client_loop(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.app_fixtures import running_app
+    from vse.testing.app_runner import running_app
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)

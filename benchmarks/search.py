@@ -35,7 +35,7 @@ from benchmarks.common import (
     read_bandwidth_gbs,
     write_section,
 )
-from vse.index import (
+from vse.serving.index import (
     EXACT_MAX,
     HNSW_BUILD_DEPTH,
     HNSW_NEIGHBOURS,
@@ -135,7 +135,7 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 def assets_embeddings() -> dict[str, np.ndarray] | None:
     """The demo's shipped image, caption and tag-list embeddings, when assets exist."""
-    from vse.gallery import EMBEDDINGS_FILE
+    from vse.serving.gallery import EMBEDDINGS_FILE
 
     path = ROOT / "assets" / "index" / EMBEDDINGS_FILE
     if not path.is_file():

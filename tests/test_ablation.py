@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.data_factory import make_shapes_dataset
 from training import ablation
+from vse.testing.shapes import make_shapes_dataset
 
 pytestmark = pytest.mark.slow
 

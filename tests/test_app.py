@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.app_fixtures import ASSETS, running_app
+from vse.testing.app_runner import ASSETS, running_app
 from vse.text import normalize_tag
 
 pytestmark = [
@@ -266,7 +266,7 @@ def test_votes_survive_an_app_restart_on_an_empty_disk(tmp_path):
     """The path a Space takes: vote through the API, shut down, start again with a new disk, find the votes."""
     from gradio_client import Client
 
-    repo = tmp_path / "backup-repo"  # stands in for the Hub dataset repo (vse.vote_backup.FolderFiles)
+    repo = tmp_path / "backup-repo"  # stands in for the Hub dataset repo (vse.serving.vote_backup.FolderFiles)
     with running_app(tmp_path / "disk-1", backup=str(repo)) as (url, app):
         item = app.service.gallery.items[app.queue[0]]
         Client(url, verbose=False).predict(item.id, item.tags[0], "wrong", "restart-tester", api_name="/vote")

@@ -44,7 +44,7 @@ def test_benchmark_runs_and_prints_its_table(module, argv, capsys):
 def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
     """Noise, model 0, the app's queue and random arms through its API, export, retrain: all of it, tiny."""
     from benchmarks import feedback_loop
-    from tests.data_factory import make_shapes_dataset
+    from vse.testing.shapes import make_shapes_dataset
 
     make_shapes_dataset(tmp_path / "data" / "shapes")
     before = docs_digest()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import ASSETS, running_app
+from vse.testing.app_runner import ASSETS, running_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -97,8 +97,8 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 
 def hostile_gallery(folder: Path) -> Path:
-    from tests.data_factory import draw
-    from vse.gallery import thumbnail_bytes, write_gallery
+    from vse.serving.gallery import thumbnail_bytes, write_gallery
+    from vse.testing.shapes import draw
 
     rows = []
     for index, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"), ("green", "triangle")]):
@@ -137,7 +137,7 @@ def test_hostile_text_is_shown_literally_and_runs_nothing(browser, tmp_path):
 def test_startup_status_page_then_the_app_on_the_same_port(browser, tmp_path):
     """While a gallery is indexed the port shows progress; the page turns into the app by itself."""
     import app as app_module
-    from tests.app_fixtures import free_port
+    from vse.testing.app_runner import free_port
 
     status = app_module.StartupStatus()
     waiting = app_module.status_page(status)
@@ -164,7 +164,7 @@ def test_startup_status_page_then_the_app_on_the_same_port(browser, tmp_path):
 
 def test_hostile_upload_gets_its_message_in_the_page(browser, tmp_path):
     """A broken upload, chosen in the page as a user would, is refused with a message that says what is wrong."""
-    from tests.test_hostile_inputs import IMAGE_CASES
+    from vse.testing.hostile import IMAGE_CASES
 
     broken = tmp_path / "holiday.png"
     broken.write_bytes(IMAGE_CASES["truncated png"][0])

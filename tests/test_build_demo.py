@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_factory import COLOURS, SHAPES, draw
 from training.build_demo import main as build_main
 from training.demo_data import split_items
 from training.openclipart import (
@@ -19,8 +18,9 @@ from training.openclipart import (
     read_corpus,
 )
 from vse import VSEModel
-from vse.gallery import GalleryEmbeddings, load_gallery, model_digest
-from vse.gallery_fingerprint import RECORD_NAME, read_record
+from vse.serving.gallery import GalleryEmbeddings, load_gallery, model_digest
+from vse.serving.gallery_fingerprint import RECORD_NAME, read_record
+from vse.testing.shapes import COLOURS, SHAPES, draw
 
 SVG = """<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"

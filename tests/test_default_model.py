@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.app_fixtures import ASSETS
 from vse import VSEModel
-from vse.gallery import GalleryEmbeddings, load_gallery, model_digest
+from vse.serving.gallery import GalleryEmbeddings, load_gallery, model_digest
+from vse.testing.app_runner import ASSETS
 
 pytestmark = pytest.mark.skipif(not (ASSETS / "model" / "config.json").is_file(), reason="assets/ not built")
 

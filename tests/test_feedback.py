@@ -7,7 +7,7 @@ import pytest
 from training.corrections import load_corrections
 from training.feedback import export, majority_table
 from training.feedback import main as feedback_main
-from vse.feedback import FeedbackStore, Vote, VoteError
+from vse.serving.feedback import FeedbackStore, Vote, VoteError
 
 
 @pytest.fixture()
@@ -94,7 +94,7 @@ def test_rate_limit_counts_events_in_the_same_transaction(store):
     """Flipping one tag is not free, and concurrent writers cannot slip past the limit."""
     import threading
 
-    from vse.feedback import RateLimited
+    from vse.serving.feedback import RateLimited
 
     for verdict in ("wrong", "right", "wrong"):
         store.add_vote("flipper", "img", "tag", verdict, "rev", per_minute=3)
@@ -130,7 +130,7 @@ def test_rate_limit_counts_events_in_the_same_transaction(store):
     ],
 )
 def test_reviewer_names_are_refused_not_truncated(name, message):
-    from vse.feedback import clean_user_name
+    from vse.serving.feedback import clean_user_name
 
     with pytest.raises(VoteError, match=message):
         clean_user_name(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vse.feedback import FeedbackStore
+from vse.serving.feedback import FeedbackStore
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -43,23 +43,11 @@ def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     assert keys == {(f"writer{w}", f"img{i % 97}", f"tag{i}") for w in range(WRITERS) for i in range(VOTES_EACH)}
 
 
-WRITER_SCRIPT = """
-import sys
-from vse.feedback import FeedbackStore
-store = FeedbackStore(sys.argv[1])
-index = 0
-while True:
-    store.add_vote("burst", "img", f"tag{index}", "wrong", "rev")
-    print(index, flush=True)  # acknowledged only after the commit returned
-    index += 1
-"""
-
-
 def test_writer_killed_mid_burst_keeps_every_acknowledged_vote(tmp_path):
     db_path = tmp_path / "votes.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER_SCRIPT, str(db_path)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "vse.testing.vote_writer", str(db_path)], stdout=subprocess.PIPE, text=True, env=env
     )
     acknowledged = []
     deadline = time.monotonic() + 120

@@ -24,13 +24,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.app_fixtures import ASSETS, ROOT
-from tests.data_factory import draw
-from vse.gallery import Gallery, GalleryEmbeddings, gallery_from_rows, load_gallery, model_digest, write_gallery
-from vse.gallery_fingerprint import RECORD_NAME, file_sha256, is_well_formed, read_record
-from vse.gallery_shards import PYTHON_WHITESPACE, ROW_GROUP_BYTES, ShardImages
-from vse.retrieval import GALLERY_STATE, RetrievalService, cache_folder
-from vse.thumbnails import ThumbnailCache
+from vse.serving.gallery import Gallery, GalleryEmbeddings, gallery_from_rows, load_gallery, model_digest, write_gallery
+from vse.serving.gallery_fingerprint import RECORD_NAME, file_sha256, is_well_formed, read_record
+from vse.serving.gallery_shards import PYTHON_WHITESPACE, ROW_GROUP_BYTES, ShardImages
+from vse.serving.retrieval import GALLERY_STATE, RetrievalService, cache_folder
+from vse.serving.thumbnails import ThumbnailCache
+from vse.testing.app_runner import ASSETS, ROOT
+from vse.testing.shapes import draw
 
 
 def png(colour: str = "red", shape: str = "circle") -> bytes:
@@ -73,8 +73,8 @@ def in_memory(rows: list[dict]) -> Gallery:
 PEAK_RSS = """
 import resource, sys
 from pathlib import Path
-from vse.retrieval import RetrievalService
-from vse.thumbnails import ThumbnailCache
+from vse.serving.retrieval import RetrievalService
+from vse.serving.thumbnails import ThumbnailCache
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
@@ -195,7 +195,7 @@ def counted(monkeypatch) -> dict[str, int]:
         counts["images hashed"] += 1
         return real_images(gallery)
 
-    monkeypatch.setattr("vse.gallery_fingerprint.file_sha256", count_file)
+    monkeypatch.setattr("vse.serving.gallery_fingerprint.file_sha256", count_file)
     monkeypatch.setattr(Gallery, "content_fingerprint", count_images)
     return counts
 
@@ -243,7 +243,7 @@ def test_a_shard_changed_in_place_with_its_mtime_restored_changes_the_fingerprin
     folder = tmp_path / "gallery"
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), folder / "gallery-00000.parquet", compression="none")
-    from vse.gallery import record_fingerprint
+    from vse.serving.gallery import record_fingerprint
 
     record_fingerprint(folder)
     recorded = read_record(folder / RECORD_NAME)["fingerprint"]
@@ -356,7 +356,9 @@ def test_the_app_shows_gallery_images_through_the_thumbnail_cache(tmp_path, monk
     view.thumbnails = ThumbnailCache(tmp_path / "thumbnails", 10**6)
     path = Path(view.thumbnail_file(1))
     assert path.suffix == ".png" and path.read_bytes() == rows[1]["image"]
-    monkeypatch.setattr("vse.gallery_shards.ShardImages.read", lambda *_: pytest.fail("the image was read again"))
+    monkeypatch.setattr(
+        "vse.serving.gallery_shards.ShardImages.read", lambda *_: pytest.fail("the image was read again")
+    )
     assert Path(view.thumbnail_file(1)) == path
     assert Image.open(path).size == (32, 32)
 
@@ -364,7 +366,7 @@ def test_the_app_shows_gallery_images_through_the_thumbnail_cache(tmp_path, monk
 def test_large_gallery_images_are_shown_scaled_down(tmp_path):
     """A photo larger than THUMBNAIL_SIDE is shown as a WebP inside it, aspect kept; a small one as stored."""
     app_module = pytest.importorskip("app")
-    from vse.thumbnails import THUMBNAIL_SIDE
+    from vse.serving.thumbnails import THUMBNAIL_SIDE
 
     buffer = io.BytesIO()
     draw("green", "square", size=32).resize((4 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE)).save(buffer, format="PNG")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.data_factory import draw
 from vse.errors import GalleryError
-from vse.gallery import GalleryEmbeddings, gallery_from_rows, load_gallery, write_gallery
-from vse.retrieval import RetrievalService, servable
+from vse.serving.gallery import GalleryEmbeddings, gallery_from_rows, load_gallery, write_gallery
+from vse.serving.retrieval import RetrievalService, servable
+from vse.testing.shapes import draw
 
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n but the rest is missing"
 
@@ -71,7 +71,7 @@ def test_a_folder_of_text_files_is_refused_without_asking_datasets(tmp_path, mon
 
 
 def test_a_huge_tree_is_refused_without_walking_all_of_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("vse.gallery.MAX_FOLDER_ENTRIES", 50)
+    monkeypatch.setattr("vse.serving.gallery.MAX_FOLDER_ENTRIES", 50)
     for branch in range(10):
         for leaf in range(10):
             (tmp_path / "home" / f"b{branch}").mkdir(parents=True, exist_ok=True)

@@ -11,73 +11,16 @@ docs/RELIABILITY.md by ``python -m benchmarks.hostile``.
 
 from __future__ import annotations
 
-import base64
-import math
-
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from benchmarks.hostile import api_call, blank_png, concurrent_uploads, peak_memory_growth
-from tests.app_fixtures import ASSETS, running_app
-from tests.test_hostile_inputs import IMAGE_CASES, encode
+from vse.testing.app_runner import ASSETS, running_app
+from vse.testing.hostile import API_CASES, IMAGE_CASES, UPLOAD_CASES, encode
 
 pytestmark = pytest.mark.skipif(not (ASSETS / "model" / "config.json").is_file(), reason="assets/ not built")
-
-
-def data_url(payload: bytes) -> dict:
-    return {"url": "data:image/png;base64," + base64.b64encode(payload).decode(), "meta": {"_type": "gradio.FileData"}}
-
-
-PNG = encode(Image.new("RGB", (32, 32), (200, 30, 30)), "PNG")
-
-# name -> (endpoint, arguments, expected): "ok" means answered; otherwise a fragment of the refusal.
-API_CASES = {
-    **{
-        f"k = {value!r}": ("search", ["a red apple", value], "whole number")
-        for value in (math.nan, math.inf, "abc", None, [], {}, True, 0, 49, 2.5, -1, 1e308, "", "1e400")
-    },
-    "k = '7' (a number as text)": ("search", ["a red apple", "7"], "ok"),
-    "k = 7.0": ("search", ["a red apple", 7.0], "ok"),
-    "query = null": ("search", [None, 5], "Type a sentence"),
-    "query = a list": ("search", [["a", "b"], 5], "Type a sentence"),
-    "search without arguments": ("search", [], "takes 2 arguments, got 0"),
-    "search without k": ("search", ["a red apple"], "takes 2 arguments, got 1"),
-    "describe without arguments": ("describe", [], "takes 1 argument, got 0"),
-    "vote without arguments": ("vote", [], "takes 4 arguments, got 0"),
-    "review_next without arguments": ("review_next", [], "takes 1 argument, got 0"),
-    "vote on an unknown image": ("vote", ["no-such-image", "apple", "wrong", "api-tester"], "Unknown image id"),
-    "vote with a null image id": ("vote", [None, "apple", "wrong", "api-tester"], "Unknown image id"),
-    "vote with a list as reviewer": ("vote", ["@first", "@tag", "wrong", ["a", "b"]], "Reviewer name"),
-    "vote with a number as tag": ("vote", ["@first", 5, "wrong", "api-tester"], "tag must be"),
-    "vote with a null verdict": ("vote", ["@first", "@tag", None, "api-tester"], "verdict must be"),
-    "review with a string as the wrong tags": (
-        "review",
-        ["@first", "not-a-list", [], [], "api-tester"],
-        "must be a list",
-    ),
-}
-
-# name -> (argument of /describe, expected)
-UPLOAD_CASES = {
-    "no upload": (None, "Upload an image first"),
-    "a string where the upload belongs": ("hello", "wrong form"),
-    "a number where the upload belongs": (7, "wrong form"),
-    "a path elsewhere on the server": ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "Only files"),
-    "a path without the file-data marker": ({"path": "/etc/hostname"}, "Only files"),
-    "a data URL of a PNG": (data_url(PNG), "ok"),
-    "a data URL with broken base64": (
-        {"url": "data:image/png;base64,@@@", "meta": {"_type": "gradio.FileData"}},
-        "not valid base64",
-    ),  # fmt: skip
-    "a data URL that is not base64": (
-        {"url": "data:image/png,hello", "meta": {"_type": "gradio.FileData"}},
-        "must be base64",
-    ),  # fmt: skip
-    "a data URL of text": (data_url(b"not an image at all"), "not a readable image"),
-    "a data URL over the upload limit": (data_url(b"\x89PNG\r\n\x1a\n" + bytes(11_000_000)), "upload limit"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +147,7 @@ def test_the_app_refuses_a_bad_model_or_gallery_in_one_line(tmp_path, flag, make
     import subprocess
     import sys
 
-    from tests.app_fixtures import ROOT, free_port
+    from vse.testing.app_runner import ROOT, free_port
 
     folder = tmp_path / "given"
     folder.mkdir()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vse.gallery import (
+from vse.serving.gallery import (
     Gallery,
     GalleryEmbeddings,
     GalleryItem,
@@ -18,7 +18,7 @@ from vse.gallery import (
     thumbnail_bytes,
     write_gallery,
 )
-from vse.index import build_index, choose_kind
+from vse.serving.index import build_index, choose_kind
 
 
 def unit_vectors(n, d, seed=0):
@@ -85,7 +85,7 @@ def test_gallery_rows_are_checked():
 
 def test_unreadable_gallery_images_are_left_out_and_counted(tmp_path, tiny_vit):
     from vse import VSEConfig, VSEModel
-    from vse.retrieval import RetrievalService, embed_gallery
+    from vse.serving.retrieval import RetrievalService, embed_gallery
     from vse.vocab import vocabulary_from_words
 
     rows = [
@@ -105,7 +105,7 @@ def test_unreadable_gallery_images_are_left_out_and_counted(tmp_path, tiny_vit):
 
 @pytest.mark.parametrize("n, max_scores", [(7, 1000), (30_000, 50_000), (30_000, 10**7)])
 def test_exact_search_matches_a_full_sort_including_ties(n, max_scores):
-    from vse.index import exact_search
+    from vse.serving.index import exact_search
 
     rng = np.random.default_rng(n)
     data = rng.integers(-2, 3, size=(n, 8)).astype(np.float32)  # many exact ties

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.data_factory import draw
 from vse import VSEConfig, VSEModel
-from vse.gallery import Gallery, GalleryEmbeddings, GalleryItem, write_gallery
-from vse.index import IndexStore
-from vse.retrieval import RetrievalService
+from vse.serving.gallery import Gallery, GalleryEmbeddings, GalleryItem, write_gallery
+from vse.serving.index import IndexStore
+from vse.serving.retrieval import RetrievalService
+from vse.testing.shapes import draw
 from vse.vocab import vocabulary_from_words
 
 FAISS_KINDS = ["flat", "flat-fp16", "sq8", "hnsw", "ivfpq"]
@@ -71,7 +71,7 @@ def stored_files(folder: Path, name: str = "image") -> list[Path]:
 @pytest.mark.parametrize("kind", FAISS_KINDS + ["auto"])
 def test_a_restart_loads_both_indexes_and_answers_the_same(model, gallery, tmp_path, kind, monkeypatch):
     if kind == "auto":
-        monkeypatch.setattr("vse.index.EXACT_MAX", 100)  # so that auto picks its faiss kind (HNSW) here
+        monkeypatch.setattr("vse.serving.index.EXACT_MAX", 100)  # so that auto picks its faiss kind (HNSW) here
     first = start(model, gallery, tmp_path, kind)
     assert origins(first) == ("built", "built")
     assert len(stored_files(tmp_path, "image")) == 1 and len(stored_files(tmp_path, "caption")) == 1
@@ -99,7 +99,7 @@ def test_exact_search_stores_nothing(model, gallery, tmp_path):
 
 @pytest.mark.parametrize(
     "change",
-    [{"revision": "model-b"}, {"fingerprint": "gallery-b"}, {"kind": "sq8"}, {"vse.index.HNSW_NEIGHBOURS": 16}],
+    [{"revision": "model-b"}, {"fingerprint": "gallery-b"}, {"kind": "sq8"}, {"vse.serving.index.HNSW_NEIGHBOURS": 16}],
     ids=["model", "gallery", "kind", "build parameters"],
 )
 def test_an_index_made_for_something_else_is_rebuilt(model, gallery, tmp_path, change, monkeypatch):
@@ -152,7 +152,7 @@ def test_a_damaged_index_is_rebuilt_not_used(model, gallery, tmp_path, caplog, d
     expected = answers(start(model, gallery, tmp_path, kind))
     [path] = stored_files(tmp_path, "image")
     damage(path)
-    caplog.set_level(logging.INFO, logger="vse.index")
+    caplog.set_level(logging.INFO, logger="vse.serving.index")
     service = start(model, gallery, tmp_path, kind)
     assert origins(service) == ("built", "loaded")
     assert "stored image index not used, it will be rebuilt" in caplog.text and "built the image index" in caplog.text
@@ -170,7 +170,7 @@ def test_a_save_cut_short_leaves_no_file_that_is_read(model, gallery, tmp_path, 
         raise OSError("No space left on device")
 
     monkeypatch.setattr(faiss, "write_index", write_half_then_fail)
-    caplog.set_level(logging.WARNING, logger="vse.index")
+    caplog.set_level(logging.WARNING, logger="vse.serving.index")
     assert origins(start(model, gallery, tmp_path, "flat")) == ("built", "built")
     assert "could not save the image index" in caplog.text
     assert list(tmp_path.iterdir()) == []  # no index, no manifest, no temp file
@@ -179,7 +179,7 @@ def test_a_save_cut_short_leaves_no_file_that_is_read(model, gallery, tmp_path, 
 
 
 def test_stored_in_the_index_folder_beside_the_embeddings(model, gallery, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="vse.index")
+    caplog.set_level(logging.INFO, logger="vse.serving.index")
     start(model, gallery, tmp_path, "hnsw")
     start(model, gallery, tmp_path, "hnsw")
     [path] = stored_files(tmp_path, "image")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vse.index import build_index, exact_search, hnsw_search_depth
+from vse.serving.index import build_index, exact_search, hnsw_search_depth
 
 EMBEDDINGS = Path(__file__).resolve().parents[1] / "assets" / "index" / "embeddings.safetensors"
 MIN_RECALL = 0.95
@@ -56,7 +56,7 @@ def test_search_depth_grows_with_the_graph():
 
 
 def test_built_hnsw_searches_at_the_depth_for_its_size(tmp_path):
-    from vse.index import index_key, read_stored_index, save_stored_index
+    from vse.serving.index import index_key, read_stored_index, save_stored_index
 
     data = unit_rows(np.random.default_rng(0).normal(size=(500, 8)))
     index = build_index(data, "hnsw")

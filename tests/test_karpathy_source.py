@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.data_factory import write_split
 from training import evaluate as evaluate_cli
 from training.config import SourceConfig, TrainConfig
 from training.configuration import load_config
@@ -23,6 +22,7 @@ from training.pipeline import open_source, read_sources
 from training.sources import ImageResolver, SourceError, load_source
 from vse.config import VSEConfig
 from vse.model import VSEModel
+from vse.testing.shapes import write_split
 from vse.vocab import build_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING_ONLY = ("gradio", "accelerate", "datasets", "faiss", "matplotlib", "training")
+TRAINING_ONLY = ("gradio", "accelerate", "datasets", "faiss", "matplotlib", "training", "vse.serving", "vse.testing")
 
 
 def test_vse_imports_from_another_directory_without_training_dependencies(tmp_path):
@@ -21,6 +21,18 @@ def test_vse_imports_from_another_directory_without_training_dependencies(tmp_pa
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "heavy: []" in result.stdout
+
+
+def test_benchmarks_and_the_library_never_import_the_tests():
+    """Shared fixtures live in vse.testing; tests/ is imported by nothing but pytest."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("benchmarks", "vse", "training")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.strip().startswith(("from tests", "import tests"))
+    ]
+    assert not offenders, offenders
 
 
 def test_layout_of_the_design_card():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import ASSETS, ROOT, free_port
+from vse.testing.app_runner import ASSETS, ROOT, free_port
 
 pytestmark = [
     pytest.mark.slow,

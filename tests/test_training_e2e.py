@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.data_factory import make_shapes_dataset
 from training import evaluate as evaluate_cli
 from training import push as push_cli
 from training.config import TrainConfig
 from training.configuration import load_config
 from training.train import main as train_main
 from vse import VSEModel
+from vse.testing.shapes import make_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -416,7 +416,7 @@ def test_close_the_loop_in_one_command(shapes, tmp_path, capsys):
     from training.pairs import web_tag_pairs
     from training.pipeline import attach_images, build_model, read_sources
     from training.runtime import Runtime
-    from vse.feedback import FeedbackStore
+    from vse.serving.feedback import FeedbackStore
 
     recipe = ["--stage2.enabled=false", "--stage1.include_web=true", "--web.unit=tags", "--web.noise_aware=true",
               "--web.suspicion_steps=20", "--stage1.loss.kind=infonce", "--stage1.optim.epochs=4",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vse.feedback import FeedbackStore, Vote
-from vse.vote_backup import FolderFiles, HubDatasetFiles, VoteBackup
+from vse.serving.feedback import FeedbackStore, Vote
+from vse.serving.vote_backup import FolderFiles, HubDatasetFiles, VoteBackup
 
 
 def replica(tmp_path: Path, name: str, repo: Path, every: float = 3600) -> tuple[FeedbackStore, VoteBackup]:

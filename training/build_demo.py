@@ -39,8 +39,15 @@ from training.runtime import Runtime
 from training.sources import SourceError
 from training.train import ResumeError, run_training
 from vse.cli import USER_ERRORS, add_debug_flag, run_cli
-from vse.gallery import GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest, thumbnail_bytes, write_gallery
 from vse.model import VSEModel
+from vse.serving.gallery import (
+    GalleryEmbeddings,
+    embed_tag_lists,
+    load_gallery,
+    model_digest,
+    thumbnail_bytes,
+    write_gallery,
+)
 
 # Refused input of a build, reported as one line (vse.cli.run_cli).
 CLI_ERRORS = (*USER_ERRORS, ConfigError, SourceError, ResumeError)

@@ -25,7 +25,7 @@ from pathlib import Path
 from training.corrections import PROVENANCE_FILE, corrections_features
 from training.sources import SourceError
 from vse.cli import USER_ERRORS, add_debug_flag, run_cli
-from vse.feedback import FeedbackStore, Vote, majority_table
+from vse.serving.feedback import FeedbackStore, Vote, majority_table
 
 
 def provenance(votes: list[Vote]) -> dict:

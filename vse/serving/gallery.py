@@ -8,8 +8,8 @@ input size), ``title``, ``captions`` (list of strings), ``tags`` (list of
 strings: the raw web tags), ``category``, ``split``,
 
 and ``.fingerprint.json``: the gallery's fingerprint with the stamps of the
-shards it was computed from (``vse.gallery_fingerprint``), so that a start
-need not hash every image.  Shards are served from disk (``vse.gallery_shards``):
+shards it was computed from (``vse.serving.gallery_fingerprint``), so that a start
+need not hash every image.  Shards are served from disk (``vse.serving.gallery_shards``):
 opening a gallery reads its metadata columns; an image is read from its shard
 when it is shown or embedded.  Other sources (``datasets``) are read into memory.
 
@@ -43,9 +43,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vse.errors import GalleryError
-from vse.gallery_fingerprint import RECORD_NAME, record_beside, shard_fingerprint
-from vse.gallery_shards import METADATA_SCHEMA, ROW_GROUP_BYTES, open_shards
 from vse.images import ImageLoadError, load_image, pad_to_square
+from vse.serving.gallery_fingerprint import RECORD_NAME, record_beside, shard_fingerprint
+from vse.serving.gallery_shards import METADATA_SCHEMA, ROW_GROUP_BYTES, open_shards
 
 GALLERY_COLUMNS = ("id", "image", "title", "captions", "tags", "category", "split")
 SHARD_BYTES = 8_000_000  # stays under the 10 MB a Space file may have without LFS
@@ -553,7 +553,7 @@ def count_images(folder: Path, limit: int = MAX_FOLDER_ENTRIES) -> int:
         if entries > limit:
             raise GalleryError(
                 f"the gallery folder {folder} holds more than {limit:,} files and folders: is it the right "
-                "folder? A gallery is a folder of images or of gallery-*.parquet shards (vse.gallery.write_gallery)"
+                "folder? A gallery is a folder of images or of gallery-*.parquet shards (vse.serving.gallery.write_gallery)"
             )
         images += sum(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in files if not name.startswith("."))
     return images
@@ -588,7 +588,7 @@ def open_shard_gallery(shards: list[Path], state_dir: Path | None = None) -> tup
     """A gallery over parquet shards, served from disk, and the counts of rows skipped.
 
     Its fingerprint comes from the record beside the shards, or one in ``state_dir``,
-    when the shards still are those recorded (``vse.gallery_fingerprint``).
+    when the shards still are those recorded (``vse.serving.gallery_fingerprint``).
     """
     metadata, images, skipped = open_shards(shards)
 
@@ -649,12 +649,12 @@ def load_gallery(source: str | Path, state_dir: str | Path | None = None) -> tup
     ``title``, ``captions``/``caption``, ``tags``.  Returns the gallery and the
     counts of rows skipped by reason.  Shards are served from disk; ``state_dir``
     (a service's own folder) is where what was learnt of their fingerprint is
-    recorded, so that the next start need not hash them (``vse.gallery_fingerprint``).
+    recorded, so that the next start need not hash them (``vse.serving.gallery_fingerprint``).
 
     Raises ``GalleryError`` (naming the folder or file) for a source that holds
     no images or shards, a folder too large to be a gallery, or a gallery none of
     whose images decodes; some unreadable images among good ones are left to
-    ``vse.retrieval.embed_gallery``, which skips and counts them.
+    ``vse.serving.retrieval.embed_gallery``, which skips and counts them.
     """
     path = Path(source).expanduser()
     shards = sorted(path.glob(SHARD_PATTERN)) if path.is_dir() else []

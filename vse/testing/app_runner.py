@@ -1,4 +1,8 @@
-"""Launching the real app on the assets/ default for tests (loopback only)."""
+"""Launching the real app of a source checkout (app.py, on the assets/ default) on a loopback port.
+
+Tests and benchmarks drive the app the way clients do, over HTTP; this starts it
+in-process on a free port and closes it afterwards.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: app.py and assets/
 ASSETS = ROOT / "assets"
 
 

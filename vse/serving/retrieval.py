@@ -5,7 +5,7 @@ loads the gallery's embeddings if they were made by this exact model revision
 and gallery, or rebuilds them (with a progress bar) and caches them in the data
 folder; embeddings of another model are never used.  The search indexes are
 stored beside them and read back (memory-mapped) on later starts, under the same
-rule (``vse.index.load_or_build_index``).  Queries return row indices into the
+rule (``vse.serving.index.load_or_build_index``).  Queries return row indices into the
 gallery and the caption pool with cosine scores.
 """
 
@@ -23,17 +23,17 @@ import torch
 from tqdm.auto import tqdm
 
 from vse.errors import GalleryError
-from vse.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
-from vse.index import IndexStore, SearchIndex, load_or_build_index
 from vse.model import VSEModel
+from vse.serving.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
+from vse.serving.index import IndexStore, SearchIndex, load_or_build_index
 from vse.suspicion import TagPairs, review_priority, tag_suspicion
 from vse.text import normalize_tag
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 500
-# Below the data folder: what a start learnt of a sharded gallery's fingerprint (vse.gallery_fingerprint).
+# Below the data folder: what a start learnt of a sharded gallery's fingerprint (vse.serving.gallery_fingerprint).
 GALLERY_STATE = "galleries"
 
 

@@ -4,15 +4,15 @@ A gallery of a million images holds tens of gigabytes of encoded images but a
 few hundred megabytes of ids, titles, captions and tags.  ``open_shards`` reads
 the metadata columns alone, so opening a gallery costs its metadata, never its
 images.  ``ShardImages`` reads an image on demand: the row group that holds it
-(``vse.gallery.write_gallery`` keeps row groups near ``ROW_GROUP_BYTES`` of
+(``vse.serving.gallery.write_gallery`` keeps row groups near ``ROW_GROUP_BYTES`` of
 images), keeping the last few, so that reading a gallery in order (indexing,
 fingerprinting) reads each row group once.
 
-Rows are cleaned as ``vse.gallery.gallery_from_rows`` cleans the rows of other
+Rows are cleaned as ``vse.serving.gallery.gallery_from_rows`` cleans the rows of other
 sources (blank captions and tags dropped, missing ids named ``row-<n>``, repeated
 ids skipped and counted), with one difference that keeps images unread: a row
 whose image is missing or empty is not skipped here but left out at indexing,
-where every unreadable image is (``vse.retrieval.embed_gallery``).
+where every unreadable image is (``vse.serving.retrieval.embed_gallery``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from vse.feedback import FeedbackStore, Vote
+from vse.serving.feedback import FeedbackStore, Vote
 
 log = logging.getLogger(__name__)
 PREFIX = "votes/"

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vse.index import write_atomically
+from vse.serving.index import write_atomically
 
 log = logging.getLogger(__name__)
 
