@@ -109,6 +109,67 @@ def test_weights_changed_in_place_are_followed():
     torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4, rtol=1e-4)
 
 
+def naive_stamp(module: torch.nn.Module) -> tuple:
+    """Walk the whole module: every parameter and buffer's name, storage, version counter and device."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return tuple((name, t.data_ptr(), None if t.is_inference() else t._version, t.device.type) for name, t in tensors)
+
+
+def changes() -> dict[str, Callable[[torch.nn.Module], object]]:
+    """Ways a module's weights change between two queries."""
+
+    def assigned_parameter(m):
+        m.trunk._conv_head.weight = torch.nn.Parameter(m.trunk._conv_head.weight.detach() * 2, requires_grad=False)
+
+    def assigned_buffer(m):
+        m.trunk._bn1.running_mean = m.trunk._bn1.running_mean + 1
+
+    def replaced_submodule(m):
+        head = m.trunk._conv_head
+        m.trunk._conv_head = torch.nn.Conv2d(head.in_channels, head.out_channels, 1, bias=False).requires_grad_(False)
+
+    def replaced_data(m):
+        m.trunk._conv_head.weight.data = m.trunk._conv_head.weight.data * 0.5
+
+    def written_in_place(m):
+        with torch.no_grad():
+            m.trunk._conv_head.weight.mul_(1.5)
+
+    return {
+        "parameter assigned": assigned_parameter,
+        "buffer assigned": assigned_buffer,
+        "submodule replaced": replaced_submodule,
+        ".data replaced": replaced_data,
+        "written in place": written_in_place,
+        "moved to float64 and back": lambda m: m.double().float(),
+    }
+
+
+@pytest.mark.parametrize("change", list(changes()))
+def test_the_weights_watch_agrees_with_a_walk_of_the_whole_module(change):
+    module, watch = backbone(), onnx_copy.WeightsWatch()
+    before = watch.stamp(module)
+    assert before == naive_stamp(module)
+    assert watch.stamp(module) == before  # nothing changed: the same stamp
+    changes()[change](module)
+    after = watch.stamp(module)
+    assert after == naive_stamp(module) and after != before
+
+
+@pytest.mark.parametrize("change", ["parameter assigned", "submodule replaced", "written in place"])
+def test_the_onnx_copy_follows_every_kind_of_weight_change(change):
+    module = backbone()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = module(pixels)
+    changes()[change](module)
+    with torch.inference_mode():
+        after = module(pixels)
+    scale = float(before.abs().max())  # features of random weights are tiny: compare relative to them
+    assert (after - before).abs().max() > 0.05 * scale
+    torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4 * scale, rtol=1e-4)
+
+
 def test_gradients_training_mode_and_the_torch_runtime_use_pytorch():
     module = backbone()
     pixels = torch.randn(2, 3, 64, 64, requires_grad=True)

@@ -16,7 +16,10 @@ for inference:
   gradient asked for.  Training a backbone, GPUs and anything else run PyTorch;
 * rebuilt when the weights change: every parameter and buffer is checked against
   the version counter PyTorch bumps on each in-place write (``load_state_dict``,
-  optimiser steps) and against its storage (``.to(...)``).
+  optimiser steps) and against its storage (``.to(...)``).  Which tensors those
+  are is looked up again only after a parameter, buffer or submodule was assigned
+  somewhere (PyTorch's global registration hooks count them), so a query pays for
+  reading a hundred counters, not for walking the module tree (``WeightsWatch``).
 
 ``VSE_RUNTIME`` chooses: ``auto`` (the default: ONNX Runtime where installed,
 PyTorch otherwise or if export fails), ``onnx`` (required: an error if it cannot be
@@ -87,17 +90,59 @@ def onnx_runtime_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ONNX_PACKAGES)
 
 
-def weights_stamp(module: nn.Module) -> tuple:
-    """Identity of the current weights: storage and in-place-write counter of every tensor.
+def tensor_stamp(tensor: torch.Tensor) -> tuple:
+    return tensor.data_ptr(), None if tensor.is_inference() else tensor._version, tensor.device.type
 
-    Tensors created under ``torch.inference_mode`` have no counter; only their
-    storage is compared (weights built that way can only be changed in that mode).
+
+_registrations = 0  # parameters, buffers and submodules assigned to any module in this process
+
+
+def _count_registration(*_) -> None:  # returns None: the hooks leave what is assigned alone
+    global _registrations
+    _registrations += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+nn.modules.module.register_module_module_registration_hook(_count_registration)
+
+
+class WeightsWatch:
+    """Identity of a module's current weights, without walking its tree on every call.
+
+    The stamp is the storage and in-place-write counter of every parameter and
+    buffer (tensors created under ``torch.inference_mode`` have no counter: only
+    their storage is compared, and weights built that way can only be changed in
+    that mode).  Where each tensor lives (its owner's ``_parameters`` or
+    ``_buffers`` slot) is listed once, and listed again only when some module had
+    a parameter, buffer or submodule assigned since (the count of PyTorch's global
+    registration hooks moved).  Each call reads every slot, so tensors put there
+    without a hook (``.to(...)`` swaps buffers that way), in-place writes and new
+    storage are all seen.
     """
-    tensors = [*module.named_parameters(), *module.named_buffers()]
-    return tuple(
-        (name, tensor.data_ptr(), None if tensor.is_inference() else tensor._version, tensor.device.type)
-        for name, tensor in tensors
-    )
+
+    def __init__(self) -> None:
+        self._module: nn.Module | None = None
+        self._registrations = -1
+        self._slots: list[tuple[str, dict, str]] = []
+
+    def stamp(self, module: nn.Module) -> tuple:
+        if module is not self._module or _registrations != self._registrations:
+            self._module, self._registrations = module, _registrations
+            self._slots = tensor_slots(module)
+        return tuple((name, *tensor_stamp(slots[key])) for name, slots, key in self._slots)
+
+
+def tensor_slots(module: nn.Module) -> list[tuple[str, dict, str]]:
+    """(name, owner's ``_parameters``/``_buffers`` dict, key) of every parameter, then every buffer."""
+
+    def slot(name: str, kind: str) -> tuple[str, dict, str]:
+        owner, _, key = name.rpartition(".")
+        return name, getattr(module.get_submodule(owner), kind), key
+
+    return [slot(name, "_parameters") for name, _ in module.named_parameters()] + [
+        slot(name, "_buffers") for name, _ in module.named_buffers()
+    ]
 
 
 def needs_autograd(module: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
@@ -352,6 +397,7 @@ class OnnxCopy:
         self.spin = spin  # idle threads spin (throughput of batches) or sleep (latency of queries)
         self._session = None
         self._key: tuple | None = None
+        self._watch = WeightsWatch()
         self._lock = threading.Lock()
         self.failed = False  # export or session creation failed once: stay on PyTorch
 
@@ -379,8 +425,8 @@ class OnnxCopy:
         return in_slices(compute, inputs, micro_batch)
 
     def _current_session(self, module: nn.Module, inputs: dict[str, torch.Tensor]):
-        key = (weights_stamp(module), tuple(inputs), torch.get_num_threads())
         with self._lock:
+            key = (self._watch.stamp(module), tuple(inputs), torch.get_num_threads())
             if self._session is None or key != self._key:
                 example = {name: tensor[:1].detach().clone() for name, tensor in inputs.items()}
                 example = {name: t.to(torch.float32) if t.is_floating_point() else t for name, t in example.items()}
