@@ -1,107 +1,242 @@
-"""Load test: concurrent gradio_client clients mixing searches, uploads and votes, on loopback.
+"""Load test: concurrent clients mixing searches, uploads and votes through Gradio's HTTP API.
 
-    python -m benchmarks.load [--clients 32] [--seconds 60]
+    python -m benchmarks.load [--clients 32] [--seconds 60] [--think 0]
 
-Each client loops until the time is up, picking a search (60%), an image upload
-(20%) or a vote (20%); every request's latency and every error is recorded.
-Writes the "load" section of docs/RELIABILITY.md.
+The app runs as its own process (``python app.py``, as deployed) on loopback; the
+clients are asynchronous HTTP clients in this process, each looping until the time
+is up: a search (60%), an image upload (20%: the file is uploaded, then
+``/describe`` is called on it) or a vote (20%), with an optional pause between
+requests (``--think``: mean seconds, exponentially distributed; 0 sends the next
+request as soon as the last one is answered, the hardest case).  Every request's
+latency (client side: queueing included) and every error is recorded, and the
+app process's CPU time and peak resident memory are read from /proc.  Writes the
+"load" section of docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import random
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.common import machine_line, markdown_table, percentile_ms, run_to_completion, write_section
+from benchmarks.common import free_port, machine_line, markdown_table, percentile_ms, write_section
 
-RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
+ROOT = Path(__file__).resolve().parents[1]
+RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
 QUERIES = ["a red apple", "a flag with a star", "a telephone", "a clock", "a house", "a guitar", "a car", "a bird"]
+ACTIONS = ("search", "upload", "vote")
+TARGET_P99_S = 1.0  # /search p99 the scale issue asks for under 32 mixed clients
 
 
-def client_loop(
-    url: str, client_id: int, deadline: float, upload: str, items: list, log: dict, lock: threading.Lock
+class CallFailed(RuntimeError):
+    """The app answered a call with an error event, or the stream ended without a result."""
+
+
+async def call(http, url: str, api: str, data: list) -> list:
+    """One call of Gradio's HTTP API: POST the inputs, then read the result from the event stream."""
+    response = await http.post(f"{url}gradio_api/call/{api}", json={"data": data})
+    response.raise_for_status()
+    event_id = response.json()["event_id"]
+    event = None
+    async with http.stream("GET", f"{url}gradio_api/call/{api}/{event_id}") as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                if event == "error":
+                    raise CallFailed(f"{api}: {line[:200]}")
+                return json.loads(line.removeprefix("data:"))
+    raise CallFailed(f"{api}: the stream ended without a result")
+
+
+async def upload_and_describe(http, url: str, image: bytes) -> list:
+    response = await http.post(f"{url}gradio_api/upload", files={"files": ("upload.png", image, "image/png")})
+    response.raise_for_status()
+    (path,) = response.json()
+    return await call(http, url, "describe", [{"path": path, "meta": {"_type": "gradio.FileData"}}])
+
+
+async def client_loop(
+    http, url: str, client_id: int, deadline: float, think: float, image: bytes, items: list, log: dict
 ) -> None:
-    from gradio_client import Client, handle_file
-
     rng = random.Random(client_id)
-    client = Client(url, verbose=False)
     while time.monotonic() < deadline:
         roll = rng.random()
         action = "search" if roll < 0.6 else "upload" if roll < 0.8 else "vote"
         start = time.perf_counter()
         try:
             if action == "search":
-                client.predict(rng.choice(QUERIES), 12, api_name="/search")
+                await call(http, url, "search", [rng.choice(QUERIES), 12])
             elif action == "upload":
-                client.predict(handle_file(upload), api_name="/describe")
+                await upload_and_describe(http, url, image)
             else:
-                item = rng.choice(items)
-                client.predict(
-                    item.id,
-                    rng.choice(item.tags),
-                    rng.choice(["wrong", "right"]),
-                    f"load-{client_id}",
-                    api_name="/vote",
-                )
-            with lock:
-                log[action].append(time.perf_counter() - start)
+                image_id, tags = rng.choice(items)
+                verdict = rng.choice(["wrong", "right"])
+                await call(http, url, "vote", [image_id, rng.choice(tags), verdict, f"load-{client_id}"])
+            log[action].append(time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - every failure is counted and reported
-            with lock:
-                log[f"{action} errors"].append(repr(err)[:200])
+            log[f"{action} errors"].append(f"{type(err).__name__}: {err}"[:200])
+        if think > 0:
+            await asyncio.sleep(rng.expovariate(1 / think))
+
+
+async def run_clients(url: str, clients: int, seconds: float, think: float, image: bytes, items: list) -> tuple:
+    import httpx
+
+    log: dict[str, list] = defaultdict(list)
+    limits = httpx.Limits(max_connections=2 * clients, max_keepalive_connections=2 * clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        deadline = time.monotonic() + seconds
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(http, url, c, deadline, think, image, items, log) for c in range(clients)))
+        return log, time.perf_counter() - start
+
+
+def tagged_items(gallery_source: str, count: int) -> list[tuple[str, list[str]]]:
+    """(image id, tags) of the first ``count`` tagged images of the gallery the app serves."""
+    from vse.serving.gallery import load_gallery
+
+    gallery, _ = load_gallery(gallery_source)
+    items = []
+    for position in range(len(gallery)):
+        item = gallery.items[position]
+        if item.tags:
+            items.append((item.id, list(item.tags)))
+        if len(items) == count:
+            break
+    if not items:
+        raise RuntimeError(f"the gallery {gallery_source} has no tagged image to vote on")
+    return items
+
+
+class AppProcess:
+    """``python app.py`` on a free loopback port, with its CPU time and peak memory read from /proc."""
+
+    def __init__(self, data_dir: Path, extra: list[str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        command = [
+            sys.executable,
+            "app.py",
+            f"--port={self.port}",
+            "--host=127.0.0.1",
+            f"--data_dir={data_dir}",
+            *extra,
+        ]
+        self.log = open(data_dir.parent / "app.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        from benchmarks.common import GradioHTTPClient
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                GradioHTTPClient(self.url).predict(api_name="/ping")
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.5)
+        raise TimeoutError(f"the app did not answer /ping within {timeout:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def summary(log: dict, elapsed: float) -> tuple[list[list], int]:
+    rows, errors = [], 0
+    for action in ACTIONS:
+        done, failed = log[action], log[f"{action} errors"]
+        errors += len(failed)
+        p50, p99 = (percentile_ms(done, 50), percentile_ms(done, 99)) if done else (float("nan"), float("nan"))
+        rows.append([action, len(done), len(failed), p50, p99, len(done) / elapsed])
+    every = [s for action in ACTIONS for s in log[action]]
+    rows.append(["all", len(every), errors, percentile_ms(every, 50), percentile_ms(every, 99), len(every) / elapsed])
+    return rows, errors
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vse.testing.app_runner import running_app
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--think", type=float, default=0.0, help="mean pause between a client's requests, seconds")
+    parser.add_argument("--gallery", default=str(ROOT / "assets" / "gallery"), help="the gallery app.py serves")
+    parser.add_argument("--app-arg", action="append", default=[], help="another option for app.py (repeatable)")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args(argv)
-    log: dict[str, list] = defaultdict(list)
-    lock = threading.Lock()
-    with tempfile.TemporaryDirectory() as folder, running_app(Path(folder) / "data") as (url, app):
-        upload = str(Path(folder) / "upload.png")
-        app.service.gallery.image(0).save(upload)
-        items = [app.service.gallery.items[i] for i in app.queue[:500]]
-        deadline = time.monotonic() + args.seconds
-        threads = [
-            threading.Thread(target=client_loop, args=(url, c, deadline, upload, items, log, lock))
-            for c in range(args.clients)
-        ]
-        elapsed = run_to_completion(threads)
-        stored = app.store.count()
-    rows, total, errors = [], 0, 0
-    for action in ("search", "upload", "vote"):
-        done, failed = log[action], log[f"{action} errors"]
-        total, errors = total + len(done), errors + len(failed)
-        rows.append([action, len(done), len(failed), percentile_ms(done, 50) if done else float("nan"),
-                     percentile_ms(done, 99) if done else float("nan"), len(done) / elapsed])  # fmt: skip
-    rows.append(["all", total, errors, percentile_ms(sum((log[a] for a in ("search", "upload", "vote")), []), 50),
-                 percentile_ms(sum((log[a] for a in ("search", "upload", "vote")), []), 99), total / elapsed])  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        app = AppProcess(Path(folder) / "data", [f"--gallery={args.gallery}", *args.app_arg])
+        try:
+            app.wait_ready()
+            image = upload_image()
+            items = tagged_items(args.gallery, 200)
+            cpu_before = app.cpu_seconds()
+            log, elapsed = asyncio.run(run_clients(app.url, args.clients, args.seconds, args.think, image, items))
+            cpu = app.cpu_seconds() - cpu_before
+            peak_mb = app.peak_rss_mb()
+        finally:
+            app.stop()
+    rows, errors = summary(log, elapsed)
     for row in rows:
         print(f"{row[0]:>7}: {row[1]} ok, {row[2]} errors, p50 {row[3]:.0f} ms, p99 {row[4]:.0f} ms, {row[5]:.1f}/s")
+    print(f"app process: {cpu / elapsed:.2f} cores busy on average, peak RSS {peak_mb:.0f} MB")
     for key in [k for k in log if k.endswith("errors")]:
         for message in log[key][:3]:
             print(key, message)
+    search_p99 = rows[0][4] / 1000
+    print(
+        f"/search p99 {search_p99:.2f} s (target ≤ {TARGET_P99_S:.0f} s): {'met' if search_p99 <= TARGET_P99_S else 'not met'}"
+    )
     if not args.no_report:
         command = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
+        pause = f"a pause of {args.think:g} s on average" if args.think > 0 else "no pause"
         body = f"""## Load
 
-`{command.strip()}` · {machine_line()} · {args.clients} `gradio_client` clients on loopback for
-{elapsed:.0f} s against the app on the `assets/` default (searches 60%, uploads 20%, votes 20%).
-Latency is per request, client side, including queueing; {stored} distinct votes were stored.
+`{command.strip()}` · {machine_line()} · {args.clients} clients for {elapsed:.0f} s against `python app.py`
+on the `assets/` default, in its own process on loopback, through Gradio's HTTP API (searches 60%, uploads
+20%: file upload then `/describe`, votes 20%; {pause} between a client's requests). Latency is per request,
+client side, queueing included. The clients share the machine's 2 cores with the app; the app process kept
+{cpu / elapsed:.2f} cores busy on average and peaked at {peak_mb:,.0f} MB resident.
 
 {markdown_table(["request", "completed", "errors", "p50 ms", "p99 ms", "per second"], rows)}
 """
         write_section("load", body, RELIABILITY)
     return 0 if errors == 0 else 1
+
+
+def upload_image() -> bytes:
+    """A photo-sized PNG for the upload requests (a gallery image would be a duplicate of one)."""
+    import io
+
+    from vse.testing.shapes import draw
+
+    buffer = io.BytesIO()
+    draw("red", "circle", size=640, jitter=7).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":
