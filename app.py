@@ -48,7 +48,9 @@ from gradio.exceptions import InvalidPathError
 from gradio.utils import get_upload_folder
 
 from training.configuration import CommandLine, run_command
+from vse.cli import USER_ERRORS
 from vse.images import ImageLoadError
+from vse.serving.engine_index import EngineError, check_index_setting
 from vse.serving.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.serving.gallery import GalleryItem
 from vse.serving.index import KINDS as INDEX_KINDS
@@ -204,7 +206,12 @@ class AppConfig:
         metadata={"help": "votes database and index cache (/data/vse on a Space with storage, else feedback)"},
     )
     reviewer: str = field(default="local-reviewer", metadata={"help": "reviewer name when OAuth is off"})
-    index: str = field(default="auto", metadata={"help": f"faiss index kind, one of {INDEX_KINDS} (vse.serving.index)"})
+    # A vector engine URL puts the indexes in Qdrant, shared by replicas (vse/serving/engine_index.py, docs/SCALING.md).
+    index: str = field(
+        default="auto",
+        metadata={"help": f"faiss index kind, one of {INDEX_KINDS}, or qdrant+http://HOST:PORT, qdrant+file:FOLDER, "
+                  "qdrant+memory: (vse.serving.engine_index)"},
+    )  # fmt: skip
     votes_per_minute: int = field(default=120, metadata={"help": "votes a reviewer may cast a minute"})
     # An image leaves the review queue once this many different people reviewed it
     # (3 for majority voting over three reviewers).
@@ -222,8 +229,7 @@ class AppConfig:
     port: int = field(default=7860, metadata={"help": "port to serve on"})
 
     def __post_init__(self) -> None:
-        if self.index not in INDEX_KINDS:
-            raise ValueError(f"index must be one of {INDEX_KINDS}, got {self.index!r}")
+        check_index_setting(self.index)
         if self.votes_per_minute < 1 or self.reviews_per_image < 1 or self.backup_seconds <= 0:
             raise ValueError("votes_per_minute and reviews_per_image must be at least 1, backup_seconds positive")
 
@@ -237,6 +243,7 @@ APP_COMMAND_LINE = CommandLine(
         "model": "VSE_MODEL",
         "gallery": "VSE_GALLERY",
         "data_dir": "VSE_DATA_DIR",
+        "index": "VSE_INDEX",
         "votes_per_minute": "VSE_VOTES_PER_MINUTE",
         "reviews_per_image": "VSE_REVIEWS_PER_IMAGE",
         "backup": "VSE_FEEDBACK_REPO",
@@ -275,9 +282,10 @@ class VSEApp:
         return cls(service, store, config, backup)
 
     def close(self) -> None:
-        """Upload the votes not backed up yet (a clean shutdown)."""
+        """Upload the votes not backed up yet (a clean shutdown) and release the index engine."""
         if self.backup is not None:
             self.backup.stop()
+        self.service.close()
 
     # ------------------------------------------------------------ downloads
     def download_corrections(self) -> str:
@@ -816,7 +824,7 @@ def serve(config: AppConfig, host: str, port: int) -> None:
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """``python app.py``: serve the app of the config read from ``argv`` and ``environ`` (default: this process's)."""
     return run_command(AppConfig, argv, APP_COMMAND_LINE, lambda config: serve(config, config.host, config.port),
-                       environ=environ)  # fmt: skip  # a refused config, model or gallery: one line
+                       expected=(*USER_ERRORS, EngineError), environ=environ)  # fmt: skip  # a refused config, model, gallery or engine: one line
 
 
 if __name__ == "__main__":

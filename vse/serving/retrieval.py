@@ -5,8 +5,10 @@ loads the gallery's embeddings if they were made by this exact model revision
 and gallery, or rebuilds them (with a progress bar) and caches them in the data
 folder; embeddings of another model are never used.  The search indexes are
 stored beside them and read back (memory-mapped) on later starts, under the same
-rule (``vse.serving.index.load_or_build_index``).  Queries return row indices into the
-gallery and the caption pool with cosine scores.
+rule (``vse.serving.index.load_or_build_index``).  An index setting that is a vector
+engine URL (``qdrant+http://HOST:PORT``, ``qdrant+file:FOLDER``, ...) puts both indexes
+in that engine instead (``vse.serving.engine_index``), so that app replicas can share
+them.  Queries return row indices into the gallery and the caption pool with cosine scores.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from vse.errors import GalleryError
 from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
 from vse.model import VSEModel
+from vse.serving.engine_index import VectorIndex, connect, is_engine_url, load_or_fill_index, parse_index_url
 from vse.serving.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
-from vse.serving.index import IndexStore, SearchIndex, load_or_build_index
+from vse.serving.index import IndexStore, load_or_build_index
 from vse.suspicion import TagPairs, review_priority, tag_suspicion
 from vse.text import normalize_tag
 
@@ -118,6 +121,8 @@ class RetrievalService:
     With an ``index_store`` the indexes are read from it when stored ones match
     this model revision, these embeddings' gallery, kind and size, else built and
     saved there; ``image_index.origin`` / ``caption_index.origin`` say which.
+    ``index_kind`` is a faiss kind (``vse.serving.index.KINDS``) or a vector engine
+    URL (``vse.serving.engine_index``), whose collections follow the same rule.
     """
 
     def __init__(
@@ -132,8 +137,10 @@ class RetrievalService:
         if embeddings.images.shape[0] != len(gallery) or embeddings.captions.shape[0] != len(gallery.caption_texts):
             raise ValueError("embeddings do not match the gallery")
         self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
-        self.image_index: SearchIndex = self._index("image", embeddings.images, index_kind, index_store)
-        self.caption_index: SearchIndex = self._index("caption", embeddings.captions, index_kind, index_store)
+        # One engine client for both indexes: local mode locks its folder to one client.
+        self.engine = connect(parse_index_url(index_kind)) if is_engine_url(index_kind) else None
+        self.image_index: VectorIndex = self._index("image", embeddings.images, index_kind, index_store)
+        self.caption_index: VectorIndex = self._index("caption", embeddings.captions, index_kind, index_store)
         self._suspicion: list[np.ndarray] | None = None
 
     @classmethod
@@ -195,10 +202,17 @@ class RetrievalService:
         built.save(cache)
         return built
 
-    def _index(self, name: str, vectors: torch.Tensor, kind: str, store: IndexStore | None) -> SearchIndex:
-        return load_or_build_index(
-            vectors.numpy(), kind, name=name, model=self.revision, gallery=self.embeddings.gallery, store=store
-        )
+    def _index(self, name: str, vectors: torch.Tensor, kind: str, store: IndexStore | None) -> VectorIndex:
+        digests = {"name": name, "model": self.revision, "gallery": self.embeddings.gallery}
+        if self.engine is not None:
+            local = parse_index_url(kind).mode != "server"
+            return load_or_fill_index(self.engine, vectors.numpy(), local=local, **digests)
+        return load_or_build_index(vectors.numpy(), kind, store=store, **digests)
+
+    def close(self) -> None:
+        """Release the engine's client (local mode: its folder's lock); the faiss kinds hold nothing to release."""
+        if self.engine is not None:
+            self.engine.close()
 
     def warm_up(self) -> None:
         """Encode one query and one image, so that one-off work (exporting the
@@ -227,7 +241,7 @@ class RetrievalService:
         return self.embeddings.images[index : index + 1]
 
     @staticmethod
-    def _hits(index: SearchIndex, embedding: torch.Tensor, k: int) -> list[Hit]:
+    def _hits(index: VectorIndex, embedding: torch.Tensor, k: int) -> list[Hit]:
         scores, ids = index.search(embedding.float().numpy(), k)
         return [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 

@@ -1,0 +1,324 @@
+"""Search indexes held by a vector engine that runs as a cluster (Qdrant), chosen with ``--index URL``.
+
+``vse.serving.index`` keeps the vectors in this process (a matrix or a faiss
+index): one machine holds the whole gallery.  Here a Qdrant collection holds them,
+on a server or a sharded, replicated cluster (docs/SCALING.md), so that many app
+replicas share one copy; ``QdrantIndex`` answers ``search`` like
+``vse.serving.index.SearchIndex`` (the ``VectorIndex`` protocol below).
+
+Index URLs (``parse_index_url``; the faiss kinds of ``vse.serving.index.KINDS`` stay as they are):
+
+    qdrant+http://HOST[:PORT][/PREFIX][?api_key_env=NAME]   a server or cluster (port 6333 by default)
+    qdrant+https://HOST[:PORT][/PREFIX][?api_key_env=NAME]  the same over TLS
+    qdrant+file:///ABSOLUTE/FOLDER  or  qdrant+file:RELATIVE/FOLDER   local mode, kept in a folder
+    qdrant+memory:                                          local mode in this process (tests)
+
+An API key is never written in the URL: ``api_key_env`` names the environment
+variable that holds it.  Local mode is the client's own brute-force Python
+implementation (no server, one process per folder): right for tests and small
+galleries, not a stand-in for the server's speed.
+
+A collection is named by a digest of everything its vectors depend on (model,
+gallery, index name, size, dimension), as ``vse.serving.index`` keys stored faiss
+indexes: a collection of another model or gallery is never used.  One that holds
+every row is reused (origin "loaded"); a missing one is created and a partial one
+(a start killed part-way) completed, both by idempotent upserts of every row, so
+replicas that start together cannot undo each other's work.  Point ids are row
+numbers and points carry no payload: the app keeps the gallery's metadata itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vse.serving.index import HNSW_BUILD_DEPTH, HNSW_NEIGHBOURS, KINDS, hnsw_search_depth
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+log = logging.getLogger(__name__)
+
+ENGINE_SCHEMES = ("qdrant+http", "qdrant+https", "qdrant+file", "qdrant+memory")
+URL_FORMS = "qdrant+http://HOST[:PORT], qdrant+https://HOST[:PORT], qdrant+file:FOLDER or qdrant+memory:"
+# Part of every collection's name: bump it when what a collection holds changes.
+COLLECTION_FORMAT = 1
+UPLOAD_BATCH = 256  # points per upsert request: Qdrant advises 64-256 (docs/SCALING.md)
+REQUEST_TIMEOUT_S = 60  # a server request; an upsert of one batch is the longest
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class VectorIndex(Protocol):
+    """What the app asks of an index: ``vse.serving.index.SearchIndex`` and ``QdrantIndex`` both fit."""
+
+    kind: str
+    size: int
+    dim: int
+    origin: str  # "built" by this start, or "loaded" (read back or found ready)
+
+    def memory_bytes(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class IndexURLError(ValueError):
+    """An ``--index`` value that is neither a faiss kind nor an engine URL this module reads."""
+
+
+class EngineError(RuntimeError):
+    """The engine cannot be used as configured (unreachable, refused, its key variable unset)."""
+
+
+# ------------------------------------------------------------------ URLs
+@dataclass(frozen=True)
+class EngineLocation:
+    """Where the engine is: a ``server`` at ``url``, a local-mode ``file`` folder, or ``memory``."""
+
+    mode: str  # "server", "file" or "memory"
+    url: str | None = None  # http(s)://HOST:PORT[/PREFIX], for a server
+    path: str | None = None  # the folder, for local mode on disk
+    api_key_env: str | None = None  # the variable holding a server's API key (never the key)
+
+    def describe(self) -> str:
+        """The location for logs: no key, only the variable's name."""
+        if self.mode == "server":
+            return self.url + (f" (API key from ${self.api_key_env})" if self.api_key_env else "")
+        return f"local mode in {self.path}" if self.mode == "file" else "local mode in memory"
+
+
+def is_engine_url(setting: str) -> bool:
+    """An index setting is a URL when it names a scheme; the faiss kinds never do."""
+    return ":" in setting
+
+
+def parse_index_url(url: str) -> EngineLocation:
+    """The engine location an index URL names (grammar in the module docstring); ``IndexURLError`` if bad."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in ENGINE_SCHEMES:
+        raise IndexURLError(f"unknown index URL scheme {scheme!r} in {url!r}: use {URL_FORMS}")
+    if scheme == "qdrant+memory":
+        if rest:
+            raise IndexURLError(f"qdrant+memory: takes nothing after the colon, got {url!r}")
+        return EngineLocation("memory")
+    if scheme == "qdrant+file":
+        return EngineLocation("file", path=_local_folder(url, rest))
+    return _server_location(url, scheme.removeprefix("qdrant+"))
+
+
+def _local_folder(url: str, rest: str) -> str:
+    """The folder of ``qdrant+file:RELATIVE`` or ``qdrant+file:///ABSOLUTE``."""
+    if "?" in rest or "#" in rest:
+        raise IndexURLError(f"qdrant+file: takes a folder and no options, got {url!r}")
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host:
+            raise IndexURLError(
+                f"qdrant+file:// names a folder on this machine, not on {host!r}: use qdrant+file:///PATH"
+            )
+        rest = slash + path
+    if not rest.strip("/"):
+        raise IndexURLError(
+            f"{url!r} names no folder: use qdrant+file:///ABSOLUTE/FOLDER or qdrant+file:RELATIVE/FOLDER"
+        )
+    return rest
+
+
+def _server_location(url: str, scheme: str) -> EngineLocation:
+    parts = urlsplit(url.removeprefix("qdrant+"))
+    url = url.partition("?")[0]  # shown in errors without its options, in case a key was put there
+    if parts.username is not None or parts.password is not None:
+        raise IndexURLError(
+            "an index URL holds no credentials: put the API key in a variable, name it ?api_key_env=NAME"
+        )
+    if not parts.hostname:
+        raise IndexURLError(f"{url!r} names no host: use qdrant+{scheme}://HOST[:PORT]")
+    try:
+        port = parts.port
+    except ValueError as err:
+        raise IndexURLError(f"{url!r}: {err}") from err
+    if parts.fragment:
+        raise IndexURLError(f"{url!r}: an index URL has no #fragment")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"api_key_env"})
+    if unknown or len(options) != len(parse_qsl(parts.query, keep_blank_values=True)):
+        named = sorted(name for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+        raise IndexURLError(f"{url!r}: the only option is api_key_env=NAME (once), got options {named}")
+    key_env = options.get("api_key_env")
+    if key_env is not None and not ENV_NAME.fullmatch(key_env):
+        raise IndexURLError(f"api_key_env must name an environment variable, got {key_env!r}")
+    address = f"{scheme}://{parts.hostname}:{port or 6333}{parts.path.rstrip('/')}"
+    return EngineLocation("server", url=address, api_key_env=key_env)
+
+
+def check_index_setting(setting: str) -> None:
+    """Refuse an index setting that is neither a faiss kind (``vse.serving.index.KINDS``) nor a good engine URL."""
+    if is_engine_url(setting):
+        parse_index_url(setting)
+    elif setting not in KINDS:
+        raise IndexURLError(f"index must be one of {KINDS} or an engine URL ({URL_FORMS}), got {setting!r}")
+
+
+# ------------------------------------------------------------------ the engine
+def connect(location: EngineLocation, environ: dict[str, str] | None = None) -> QdrantClient:
+    """A client of the engine at ``location``; one per process and location (local mode locks its folder)."""
+    from qdrant_client import QdrantClient
+
+    if location.mode == "memory":
+        return QdrantClient(location=":memory:")
+    if location.mode == "file":
+        try:
+            return QdrantClient(path=location.path)
+        except RuntimeError as err:  # another process holds the folder's lock
+            raise EngineError(f"cannot open {location.describe()}: {err}") from err
+    return QdrantClient(url=location.url, api_key=_api_key(location, environ), timeout=REQUEST_TIMEOUT_S)
+
+
+def _api_key(location: EngineLocation, environ: dict[str, str] | None) -> str | None:
+    if location.api_key_env is None:
+        return None
+    key = (os.environ if environ is None else environ).get(location.api_key_env)
+    if not key:
+        raise EngineError(f"the index URL reads its API key from ${location.api_key_env}, which is not set")
+    return key
+
+
+def collection_key(name: str, model: str, gallery: str, size: int, dim: int) -> dict:
+    """Everything a collection's vectors depend on; a collection is used only when all of it matches."""
+    return {"format": COLLECTION_FORMAT, "name": name, "model": model, "gallery": gallery,
+            "size": size, "dim": dim, "distance": "dot"}  # fmt: skip
+
+
+def collection_name(key: dict) -> str:
+    """``vse-<name>-<digest[:24]>``: short enough for any engine, distinct for every key."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return f"vse-{key['name']}-{digest[:24]}"
+
+
+@dataclass
+class QdrantIndex:
+    """One collection of a Qdrant engine, searched by inner product (the embeddings are normalised)."""
+
+    client: QdrantClient
+    collection: str
+    size: int
+    dim: int
+    origin: str = "built"  # "built": filled by this start; "loaded": found whole
+    local: bool = True  # local mode: the client holds the vectors in this process
+    kind: str = "qdrant"
+
+    def memory_bytes(self) -> int:
+        """Bytes of vectors this process holds: local mode keeps a float32 copy; a server keeps them itself."""
+        return self.size * self.dim * 4 if self.local else 0
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) scores and (Q, k) row ids, best first (ties: lower id first); ids are -1 where fewer than k exist."""
+        from qdrant_client import models
+
+        queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"expected (Q, {self.dim}) queries, got shape {queries.shape}")
+        k = max(1, min(int(k), self.size)) if self.size else 1
+        if self.size == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        # A server searches its HNSW graph as deep as vse.serving.index searches faiss's; local mode is exact.
+        params = None if self.local else models.SearchParams(hnsw_ef=max(k, hnsw_search_depth(self.size)))
+        requests = [
+            models.QueryRequest(query=query.tolist(), limit=k, params=params, with_payload=False) for query in queries
+        ]
+        responses = self.client.query_batch_points(self.collection, requests=requests)
+        return _as_arrays([[(p.score, int(p.id)) for p in response.points] for response in responses], k)
+
+
+def _as_arrays(rows: list[list[tuple[float, int]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, k) scores and ids from per-query (score, id) lists, ordered best first then by id; padded with -1."""
+    scores, ids = np.full((len(rows), k), -np.inf, np.float32), np.full((len(rows), k), -1, np.int64)
+    for row, hits in enumerate(rows):
+        for column, (score, point) in enumerate(sorted(hits, key=lambda hit: (-hit[0], hit[1]))[:k]):
+            scores[row, column], ids[row, column] = score, point
+    return scores, ids
+
+
+def points_stored(client: QdrantClient, collection: str) -> int | None:
+    """How many points ``collection`` holds; None when it does not exist."""
+    if not client.collection_exists(collection):
+        return None
+    return int(client.count(collection, exact=True).count)
+
+
+def create_collection(client: QdrantClient, collection: str, dim: int) -> None:
+    """An empty collection for ``dim``-d vectors compared by inner product, HNSW as ``vse.serving.index`` builds it.
+
+    Another replica may create it first: then the existing one is used.
+    """
+    from qdrant_client import models
+
+    try:
+        client.create_collection(
+            collection,
+            vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT),
+            hnsw_config=models.HnswConfigDiff(m=HNSW_NEIGHBOURS, ef_construct=HNSW_BUILD_DEPTH),
+        )
+    except (ValueError, *_api_errors()):  # local mode says "already exists" with a ValueError, a server with a 409
+        if not client.collection_exists(collection):
+            raise
+
+
+def fill_collection(client: QdrantClient, collection: str, vectors: np.ndarray, name: str) -> None:
+    """Upsert every row (point id = row number) in batches, waiting for each; idempotent."""
+    from qdrant_client import models
+
+    for start in tqdm(range(0, len(vectors), UPLOAD_BATCH), desc=f"filling the {name} collection", unit="batch"):
+        chunk = vectors[start : start + UPLOAD_BATCH]
+        batch = models.Batch(ids=list(range(start, start + len(chunk))), vectors=chunk.tolist())
+        client.upsert(collection, points=batch, wait=True)
+
+
+def _api_errors() -> tuple[type[Exception], ...]:
+    """What the client raises when a server refuses a request or cannot be reached."""
+    from qdrant_client.http.exceptions import ApiException
+
+    return (ApiException,)
+
+
+def load_or_fill_index(
+    client: QdrantClient, embeddings: np.ndarray, *, name: str, model: str, gallery: str, local: bool
+) -> QdrantIndex:
+    """The collection of ``name`` ("image", "caption") for these digests: reused when whole, else filled.
+
+    ``model`` and ``gallery`` are the digests the embeddings depend on, as for
+    ``vse.serving.index.load_or_build_index``.  ``EngineError`` when the engine refuses or cannot be reached.
+    """
+    try:
+        return _load_or_fill(client, embeddings, name=name, model=model, gallery=gallery, local=local)
+    except _api_errors() as err:
+        raise EngineError(f"the vector engine refused or did not answer: {err}") from err
+
+
+def _load_or_fill(
+    client: QdrantClient, embeddings: np.ndarray, *, name: str, model: str, gallery: str, local: bool
+) -> QdrantIndex:
+    vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    size, dim = vectors.shape
+    collection = collection_name(collection_key(name, model, gallery, size, dim))
+    stored = points_stored(client, collection)
+    if stored == size:
+        log.info("the %s index is the engine's collection %s (%d vectors)", name, collection, size)
+        return QdrantIndex(client, collection, size, dim, origin="loaded", local=local)
+    if stored is None:
+        create_collection(client, collection, dim)
+    else:
+        log.warning("collection %s holds %d of %d vectors: completing it", collection, stored, size)
+    start = time.perf_counter()
+    fill_collection(client, collection, vectors, name)
+    log.info("filled the %s collection %s (%d vectors) in %.1f s", name, collection, size, time.perf_counter() - start)
+    return QdrantIndex(client, collection, size, dim, origin="built", local=local)
