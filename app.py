@@ -28,6 +28,7 @@ import base64
 import binascii
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -80,7 +81,11 @@ DEFAULT_TOP_K = 12
 MAX_TOP_K = 48
 CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
-CONCURRENCY = 4  # requests the app serves at once; more wait in Gradio's queue
+# Requests served at once, per group of events sharing one Gradio queue (more wait in
+# it): queries (search, a result's neighbours) and reviews are quick; an upload decodes
+# and encodes an image, so one runs at a time and uploads cannot take the cores that
+# queries need (benchmarks/load.py: 32 clients mixing searches, uploads and votes).
+CONCURRENCY = {"query": 2, "upload": 1, "review": 2}
 QUEUE_SIZE = int(os.environ.get("VSE_QUEUE_SIZE", "64"))  # requests waiting beyond that are turned away
 MAX_UPLOAD = os.environ.get("VSE_MAX_UPLOAD", "10mb")  # larger uploads are refused before they reach the app
 CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older than an hour
@@ -262,12 +267,17 @@ class VSEApp:
         self, service: RetrievalService, store: FeedbackStore, config: AppConfig, backup: VoteBackup | None = None
     ):
         self.service, self.store, self.config, self.backup = service, store, config, backup
-        self.queue = service.review_queue()
         self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
         self.thumbnails = ThumbnailCache(self.thumbnail_dir, THUMBNAIL_CACHE_BYTES)
         # Thumbnails are public gallery images written on their first view:
         # served in place, not hashed and copied into Gradio's cache on every search.
         gr.set_static_paths([self.thumbnail_dir])
+
+    @functools.cached_property
+    def queue(self) -> list[int]:
+        """The review queue, found when first asked for: at a million images the tags' suspicion
+        takes minutes, which the search must not wait for (benchmarks/startup.py)."""
+        return self.service.review_queue()
 
     @classmethod
     def create(cls, config: AppConfig, progress: Progress | None = None) -> VSEApp:
@@ -348,15 +358,24 @@ class VSEApp:
             return data, suffix
         return scaled_down(self.service.gallery.image(index), THUMBNAIL_SIDE)
 
-    def _gallery_cells(self, hits) -> list[tuple[str, str]]:
+    def _hit_items(self, hits) -> list[GalleryItem]:
+        """The gallery items of ``hits``, each read once (an item is made from its Arrow row when read)."""
         items = self.service.gallery.items
+        return [items[h.index] for h in hits]
+
+    def _gallery_cells(self, hits, items: list[GalleryItem] | None = None) -> list[tuple[str, str]]:
+        items = self._hit_items(hits) if items is None else items
         return [
-            (self.thumbnail_file(h.index), f"{items[h.index].title or items[h.index].id} · {h.score:.2f}") for h in hits
+            (self.thumbnail_file(h.index), f"{item.title or item.id} · {h.score:.2f}")
+            for h, item in zip(hits, items, strict=True)
         ]
 
-    def _results_table(self, hits) -> list[list]:
-        items = self.service.gallery.items
-        return [[rank + 1, items[h.index].title, items[h.index].id, round(h.score, 4)] for rank, h in enumerate(hits)]
+    @staticmethod
+    def _results_table(hits, items: list[GalleryItem]) -> list[list]:
+        return [
+            [rank + 1, item.title, item.id, round(h.score, 4)]
+            for rank, (h, item) in enumerate(zip(hits, items, strict=True))
+        ]
 
     @torch.inference_mode()
     def search(self, query: object, k: object) -> tuple[list, list[list], list[int]]:
@@ -367,7 +386,8 @@ class VSEApp:
             hits = self.service.search_text(query, result_count(k, 1, MAX_TOP_K))
         except QueryError as err:
             raise refusal(str(err)) from None
-        return self._gallery_cells(hits), self._results_table(hits), [h.index for h in hits]
+        items = self._hit_items(hits)
+        return self._gallery_cells(hits, items), self._results_table(hits, items), [h.index for h in hits]
 
     def _captions_table(self, embedding: torch.Tensor) -> list[list]:
         pool = self.service.gallery
@@ -677,21 +697,25 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                 similar = gr.Gallery(label="Similar images", columns=8, height="auto", allow_preview=False)
             # preprocess=False: the handlers check what clients send themselves (any JSON may arrive as k)
             search_button.click(
-                app.search, [query, top_k], [results, table, hit_state], api_name="search", preprocess=False
-            )
+                app.search, [query, top_k], [results, table, hit_state], api_name="search", preprocess=False,
+                **queue_group("query"),
+            )  # fmt: skip
             query.submit(
-                app.search, [query, top_k], [results, table, hit_state], api_visibility="private", preprocess=False
-            )
+                app.search, [query, top_k], [results, table, hit_state], api_visibility="private", preprocess=False,
+                **queue_group("query"),
+            )  # fmt: skip
             selected_similar = gr.Gallery(label="Visually similar", columns=8, height="auto", allow_preview=False)
             results.select(
                 app.select_result,
                 [hit_state],
                 [captions, tags, selected_title, selected_similar],
                 api_visibility="private",
+                **queue_group("query"),
             )
             upload_button.click(
-                app.describe_upload, [upload], [upload_captions, similar], api_name="describe", preprocess=False
-            )
+                app.describe_upload, [upload], [upload_captions, similar], api_name="describe", preprocess=False,
+                **queue_group("upload"),
+            )  # fmt: skip
         with gr.Tab("Review tags", id="review") as review_tab:
             position = gr.State(0)
             ticked_state = gr.State([])
@@ -748,18 +772,26 @@ def build_ui(app: VSEApp) -> gr.Blocks:
                 votes_button = gr.DownloadButton("All votes (JSON lines)")
             corrections_button.click(app.download_corrections, None, corrections_button, api_visibility="private")
             votes_button.click(app.download_votes, None, votes_button, api_visibility="private")
-        gr.api(app.vote_api, api_name="vote")
-        gr.api(app.review_next_api, api_name="review_next")
-        gr.api(app.review_api, api_name="review")
+        gr.api(app.vote_api, api_name="vote", **queue_group("review"))
+        gr.api(app.review_next_api, api_name="review_next", **queue_group("review"))
+        gr.api(app.review_api, api_name="review", **queue_group("review"))
         gr.api(ping, api_name="ping")
     return demo
 
 
 def create_demo(config: AppConfig, progress: Progress | None = None) -> tuple[gr.Blocks, VSEApp]:
     app = VSEApp.create(config, progress)
-    demo = build_ui(app)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    return demo, app
+    return queued(build_ui(app)), app
+
+
+def queued(demo: gr.Blocks) -> gr.Blocks:
+    """``demo`` with Gradio's queue sized as the app serves it (events name their group: ``queue_group``)."""
+    return demo.queue(default_concurrency_limit=CONCURRENCY["review"], max_size=QUEUE_SIZE)
+
+
+def queue_group(name: str) -> dict:
+    """Event options putting an event in one of the app's queues (``CONCURRENCY``)."""
+    return {"concurrency_id": name, "concurrency_limit": CONCURRENCY[name]}
 
 
 def launch_options() -> dict:

@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as data_dir:
         store = FeedbackStore(Path(data_dir) / "votes.db")
         app = app_module.VSEApp(service, store, app_module.AppConfig(data_dir=data_dir))
-        demo = app_module.build_ui(app)
-        demo.queue(default_concurrency_limit=app_module.CONCURRENCY)
+        demo = app_module.queued(app_module.build_ui(app))
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         url = f"http://127.0.0.1:{port}/"
@@ -239,7 +238,7 @@ every 50 ms, so that no call returns faster than a constant `/ping` through it; 
 HTTP API (POST `/gradio_api/call/search`, then the result pushed down an event stream, as `curl` and the
 browser receive it), which adds no polling interval. The Chromium row is what a person sees: Debian's
 headless Chromium (no GPU, on the same 2 cores as the server) from the click on Search until the page
-shows the new first result, so it includes the page's own work of rendering 12 thumbnails and the table. The server runs {app_module.CONCURRENCY} requests at
+shows the new first result, so it includes the page's own work of rendering 12 thumbnails and the table. The server runs {app_module.CONCURRENCY["query"]} queries at
 a time; more clients queue.
 
 {markdown_table(["load", "queries", "errors", "p50 ms", "p99 ms", "queries/s"], rows)}

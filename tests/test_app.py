@@ -301,3 +301,37 @@ def test_space_settings_examples_downloads_and_limits(served, tmp_path):
 
     with pytest.raises(Exception, match="(?i)size|large|exceed"):
         client.predict(handle_file(str(big)), api_name="/describe")
+
+
+def test_a_large_gallery_photo_reaches_the_browser_scaled_down(tmp_path):
+    """Through the HTTP API: /search returns a file URL; what it serves is a WebP inside THUMBNAIL_SIDE."""
+    import httpx
+
+    from benchmarks.hostile import api_call
+    from vse.serving.gallery import write_gallery
+    from vse.serving.thumbnails import THUMBNAIL_SIDE
+    from vse.testing.shapes import draw
+
+    def encoded(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    photo = encoded(draw("green", "square", size=64).resize((3 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE)))
+    small = encoded(draw("red", "circle", size=64))
+    rows = [
+        {"id": name, "image": data, "title": name, "captions": [f"a {name}"], "tags": [name], "category": "",
+         "split": "test"}
+        for name, data in (("green square", photo), ("red circle", small))
+    ]  # fmt: skip
+    write_gallery(rows, tmp_path / "gallery")
+    with running_app(tmp_path / "data", gallery=str(tmp_path / "gallery")) as (url, _):
+        event, (cells, table, _) = api_call(url, "search", ["a green square", 2])
+        assert event == "complete"
+        shown = {row[2]: cell["image"]["url"] for row, cell in zip(table["data"], cells, strict=True)}
+        served = {name: httpx.get(link, timeout=30) for name, link in shown.items()}
+    assert all(response.status_code == 200 for response in served.values())
+    large = Image.open(io.BytesIO(served["green square"].content))
+    assert large.format == "WEBP" and large.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE * 2 // 3)
+    assert len(served["green square"].content) < len(photo)
+    assert served["red circle"].content == small  # small enough: sent as stored
