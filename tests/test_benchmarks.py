@@ -58,3 +58,16 @@ def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
     assert docs_digest() == before
     result = (tmp_path / "work" / "shapes" / "seed0" / "majority10" / "result.json").read_text()
     assert '"reviewers": 3' in result
+
+
+@pytest.mark.slow
+def test_startup_benchmark_starts_the_app_over_a_small_generated_gallery(tmp_path, capsys):
+    """Builds a 300-image gallery with stand-in embeddings, starts app.py twice (index build, then timed)."""
+    from benchmarks import startup
+
+    before = docs_digest()
+    argv = ["--images", "300", "--starts", "1", "--workdir", str(tmp_path), "--timeout", "300", "--no-report"]
+    assert startup.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| start 1 |" in printed and "300 images" in printed
+    assert docs_digest() == before

@@ -20,7 +20,7 @@ from vse.serving.retrieval import RetrievalService
 from vse.testing.shapes import draw
 from vse.vocab import vocabulary_from_words
 
-FAISS_KINDS = ["flat", "flat-fp16", "sq8", "hnsw", "ivfpq"]
+FAISS_KINDS = ["flat", "flat-fp16", "sq8", "hnsw", "ivfpq", "ivfpq-rerank"]
 ROWS, DIM = 2000, 16  # enough rows to train IVF-PQ's lists and codebooks
 
 
@@ -68,16 +68,23 @@ def stored_files(folder: Path, name: str = "image") -> list[Path]:
     return sorted(folder.glob(f"{name}-*.faiss"))
 
 
-@pytest.mark.parametrize("kind", FAISS_KINDS + ["auto"])
+AUTO_CASES = {"auto": "hnsw", "auto, small memory": "ivfpq-rerank"}
+
+
+@pytest.mark.parametrize("kind", FAISS_KINDS + list(AUTO_CASES))
 def test_a_restart_loads_both_indexes_and_answers_the_same(model, gallery, tmp_path, kind, monkeypatch):
-    if kind == "auto":
-        monkeypatch.setattr("vse.serving.index.EXACT_MAX", 100)  # so that auto picks its faiss kind (HNSW) here
+    expected = AUTO_CASES.get(kind, kind)
+    if kind in AUTO_CASES:
+        monkeypatch.setattr("vse.serving.index.EXACT_MAX", 100)  # so that auto picks a faiss kind here
+        if kind == "auto, small memory":
+            monkeypatch.setattr("vse.serving.index.MEMORY_SHARE", 0.0)  # no HNSW fits: the compressed kind
+        kind = "auto"
     first = start(model, gallery, tmp_path, kind)
     assert origins(first) == ("built", "built")
     assert len(stored_files(tmp_path, "image")) == 1 and len(stored_files(tmp_path, "caption")) == 1
     second = start(model, gallery, tmp_path, kind)
     assert origins(second) == ("loaded", "loaded")
-    assert second.image_index.kind == first.image_index.kind == ("hnsw" if kind == "auto" else kind)
+    assert second.image_index.kind == first.image_index.kind == expected
     assert answers(second) == answers(first)
 
 

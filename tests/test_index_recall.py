@@ -84,3 +84,71 @@ def test_hnsw_reaches_the_recall_target_on_the_demo_embeddings():
     )
     index = build_index(images, "hnsw")
     assert recall_at_10(images, captions, index.search(captions, 10)[1]) >= MIN_RECALL
+
+
+# ------------------------------------------------------------------ the kind auto chooses, and the compressed kind
+def naive_kind(size: int, dim: int, budget: float) -> str:
+    """What auto should pick, written out: exact up to 50k; an HNSW graph (float32 vectors, 32
+    two-way links of 4 bytes, 16 bytes of upper levels) while it fits the budget; else compressed."""
+    if size <= 50_000:
+        return "exact"
+    graph = size * dim * 4 + size * 32 * 2 * 4 + size * 16
+    return "hnsw" if graph <= budget else "ivfpq-rerank"
+
+
+def test_the_auto_kind_matches_the_naive_reference_over_sizes_and_budgets():
+    from vse.serving.index import choose_kind, resolve_kind
+
+    sizes = [0, 1_000, 50_000, 50_001, 100_000, 1_000_000, 10_000_000]
+    budgets = [0, 2**20, 2**27, 1.3e9, 2**31, 2**34, float("inf")]
+    for size in sizes:
+        for dim in (64, 256, 512):
+            for budget in budgets:
+                assert choose_kind(size, dim, budget) == naive_kind(size, dim, budget), (size, dim, budget)
+                assert resolve_kind("auto", size, dim, budget) == naive_kind(size, dim, budget)
+                assert resolve_kind("sq8", size, dim, budget) == "sq8"
+
+
+def test_the_hnsw_memory_estimate_matches_a_real_build():
+    from vse.serving.index import hnsw_bytes
+
+    data = unit_rows(np.random.default_rng(0).normal(size=(5_000, 64)))
+    built = build_index(data, "hnsw").memory_bytes()
+    assert abs(built - hnsw_bytes(5_000, 64)) / built < 0.05
+
+
+def test_auto_picks_the_compressed_kind_when_hnsw_does_not_fit(monkeypatch):
+    monkeypatch.setattr("vse.serving.index.EXACT_MAX", 100)
+    data = unit_rows(np.random.default_rng(0).normal(size=(2_000, 16)))
+    assert build_index(data, "auto", memory_budget=float("inf")).kind == "hnsw"
+    assert build_index(data, "auto", memory_budget=1_000).kind == "ivfpq-rerank"
+
+
+def clustered_set(n: int, d: int, queries: int, clusters: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(data, queries): unit vectors around random centres, queries held-out points of the same clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    points = unit_rows(centres[rng.integers(clusters, size=n + queries)] + 0.6 * rng.normal(size=(n + queries, d)))
+    return points[:n], points[n:]
+
+
+def test_the_compressed_kind_reaches_the_recall_target_with_its_auto_parameters():
+    """IVF-PQ shortlist re-ranked with 8-bit vectors, at the lists, nprobe and re-rank factor
+    build_index chooses, on a small clustered set."""
+    import faiss
+
+    from vse.serving.index import RERANK_FACTOR, ivf_lists, rerank_probes
+
+    data, queries = clustered_set(8_000, 64, 300)
+    index = build_index(data, "ivfpq-rerank")
+    assert index.index.k_factor == RERANK_FACTOR and ivf_lists(8_000) == 205
+    assert faiss.extract_index_ivf(index.index).nprobe == rerank_probes(205)
+    assert recall_at_10(data, queries, index.search(queries, 10)[1]) >= MIN_RECALL
+
+
+def test_ivf_lists_leave_enough_training_points_per_list():
+    from vse.serving.index import ivf_lists
+
+    for size in (1, 100, 2_000, 30_000, 1_000_000):
+        assert 1 <= ivf_lists(size) <= max(1, size // 39)
+    assert ivf_lists(1_000_000) == 4_000

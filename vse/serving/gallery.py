@@ -167,12 +167,43 @@ class GalleryEmbeddings:
 
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+            names = set(handle.keys())
         if metadata.get("model_digest") != digest or metadata.get("gallery") != gallery:
             return None
-        tensors = load_file(str(path))
-        tags = tensors["tags"].float() if "tags" in tensors else None
+        # At a million images each matrix is half a gigabyte in float16: they are mapped, not read,
+        # so that only the float32 copies searched take memory.  Tag-list embeddings stay a float16
+        # map until something reads them (the app never does to answer a query).
+        images, captions = (as_float32(mapped_tensor(path, name)) for name in ("images", "captions"))
+        tags = mapped_tensor(path, "tags") if "tags" in names else None
         dropped = json.loads(metadata.get("dropped", "[]"))
-        return cls(tensors["images"].float(), tensors["captions"].float(), digest, gallery, tags, dropped)
+        return cls(images, captions, digest, gallery, tags, dropped)
+
+
+SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": None}
+
+
+def mapped_tensor(path: Path, name: str) -> torch.Tensor:
+    """Tensor ``name`` of a safetensors file as a copy-on-write memory map: no memory until it is read."""
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        entry = json.loads(handle.read(length))[name]
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        return load_file(str(path))[name]  # a type numpy cannot map: read it
+    start, stop = entry["data_offsets"]
+    if start == stop:
+        return torch.from_numpy(np.zeros(entry["shape"], dtype=dtype))
+    return torch.from_numpy(
+        np.memmap(path, dtype=dtype, mode="c", offset=8 + length + start, shape=tuple(entry["shape"]))
+    )
+
+
+def as_float32(tensor: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """A float32 copy of a (N, D) tensor, converted ``chunk`` rows at a time (a mapped source is read once, in order)."""
+    out = torch.empty(tensor.shape, dtype=torch.float32)
+    for start in range(0, tensor.shape[0], chunk):
+        out[start : start + chunk] = tensor[start : start + chunk]
+    return out
 
 
 class GalleryItem:

@@ -2,9 +2,13 @@
 
 One entry point, ``build_index(embeddings)``, picks the index type by size:
 exact search (``exact_search``: one BLAS pass, then top-k selection) up to
-``EXACT_MAX`` vectors, a graph index (faiss HNSW) beyond.  The switch point and
-the HNSW parameters come from the measurements in ``docs/PERFORMANCE.md``;
-``kind=`` forces a type (faiss flat, fp16 or int8 storage, IVF-PQ are there too).
+``EXACT_MAX`` vectors, a graph index (faiss HNSW) beyond while its memory fits a
+budget (``choose_kind``: a share of the machine's memory by default), and past
+that a compressed index: IVF-PQ whose shortlist is re-ranked with 8-bit vectors
+(``ivfpq-rerank``).  Every faiss kind is a ``faiss.index_factory`` string
+(``FACTORY``).  The switch points and parameters come from the measurements in
+``docs/PERFORMANCE.md``; ``kind=`` forces a type (faiss flat, fp16 or int8
+storage and plain IVF-PQ are there too).
 
 ``load_or_build_index`` keeps faiss indexes on disk: an HNSW build takes minutes
 at a million vectors, a memory-mapped read milliseconds.  A stored index is
@@ -42,10 +46,35 @@ HNSW_BUILD_DEPTH = 80  # efConstruction
 HNSW_SEARCH_DEPTH = 128
 HNSW_SEARCH_DEPTH_STEP = 64  # added per tenfold beyond HNSW_SEARCH_DEPTH_FROM vectors
 HNSW_SEARCH_DEPTH_FROM = 100_000
-IVF_PROBES = 16  # nprobe: inverted lists visited per query
-KINDS = ("auto", "exact", "flat", "flat-fp16", "sq8", "hnsw", "ivfpq")
+IVF_PROBES = 16  # nprobe of the plain "ivfpq" kind: inverted lists visited per query
+# The compressed kind, "ivfpq-rerank": IVF lists and PQ codes shortlist RERANK_FACTOR * k
+# candidates, which are then scored again with 8-bit scalar-quantised copies of the vectors
+# (faiss IndexRefine).  Lists: about 4 * sqrt(N), and never more than N / IVF_TRAINING_PER_LIST,
+# as k-means needs ~39 training points per list.  nprobe and the re-rank factor come from the
+# recall sweep in docs/PERFORMANCE.md (benchmarks/search.py --sweep): caption queries sit apart
+# from the images (the modality gap), so their neighbours spread over many lists, and at a fixed
+# nprobe recall fell as the lists grew (nprobe 64: 0.975 with 172 lists, 0.948 with 513); a
+# fixed share of the lists keeps it.  OPQ was left out: its training took minutes on this CPU.
+IVF_LISTS_PER_ROOT = 4
+IVF_TRAINING_PER_LIST = 39
+RERANK_SUBQUANTIZER_DIMS = 8  # dimensions per PQ subquantizer: 32 one-byte codes for 256 dimensions
+RERANK_PROBE_SHARE = 0.25  # nprobe: this share of the lists
+RERANK_FACTOR = 20
+# Each faiss kind as a faiss.index_factory string, its fields from build_parameters.
+FACTORY = {
+    "flat": "Flat",
+    "flat-fp16": "SQfp16",
+    "sq8": "SQ8",
+    "hnsw": "HNSW{neighbours}",
+    "ivfpq": "IVF{lists},PQ{subquantizers}x{bits}",
+    "ivfpq-rerank": "IVF{lists},PQ{subquantizers}x{bits},Refine(SQ8)",
+}
+KINDS = ("auto", "exact", *FACTORY)
 # Part of every stored index's key: bump it when build_index changes what it builds.
 STORED_INDEX_FORMAT = 1
+# Share of the machine's physical memory one index may take before auto picks the compressed kind.
+MEMORY_SHARE = 0.25
+HNSW_EXTRA_BYTES = 16  # per vector beyond vectors and level-0 links: upper levels, level numbers, offsets
 
 
 def _as_float32(vectors: np.ndarray) -> np.ndarray:
@@ -122,46 +151,78 @@ def exact_search(
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def choose_kind(size: int) -> str:
-    return "exact" if size <= EXACT_MAX else "hnsw"
+def physical_memory_bytes() -> int:
+    """This machine's physical memory (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
-def resolve_kind(kind: str, size: int) -> str:
-    """``kind`` with "auto" replaced by the kind chosen for ``size`` vectors."""
+def default_memory_budget() -> float:
+    """Bytes one index may take: MEMORY_SHARE of physical memory (no limit where it is unknown)."""
+    total = physical_memory_bytes()
+    return total * MEMORY_SHARE if total > 0 else float("inf")
+
+
+def hnsw_bytes(size: int, dim: int, neighbours: int = HNSW_NEIGHBOURS) -> int:
+    """Memory of an HNSW graph over (size, dim) float32 vectors: the vectors, 2*M level-0 links of
+    4 bytes, and HNSW_EXTRA_BYTES (faiss's serialised size at 100k and 1M vectors of 256 dimensions)."""
+    return size * (4 * dim + 2 * neighbours * 4 + HNSW_EXTRA_BYTES)
+
+
+def choose_kind(size: int, dim: int = 0, memory_budget: float = float("inf")) -> str:
+    """Exact search up to EXACT_MAX vectors; HNSW while it fits ``memory_budget`` bytes; beyond,
+    the compressed "ivfpq-rerank" (about a fifth of HNSW's memory at 256 dimensions)."""
+    if size <= EXACT_MAX:
+        return "exact"
+    if hnsw_bytes(size, dim) <= memory_budget:
+        return "hnsw"
+    return "ivfpq-rerank"
+
+
+def resolve_kind(kind: str, size: int, dim: int = 0, memory_budget: float = float("inf")) -> str:
+    """``kind`` with "auto" replaced by the kind chosen for ``size`` vectors of ``dim`` within ``memory_budget``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return choose_kind(size) if kind == "auto" else kind
+    return choose_kind(size, dim, memory_budget) if kind == "auto" else kind
 
 
-def build_parameters(kind: str, size: int, dim: int, ivf_lists: int | None = None) -> dict[str, int]:
+def ivf_lists(size: int) -> int:
+    """IVF lists for ``size`` vectors: IVF_LISTS_PER_ROOT * sqrt(size), at most size / IVF_TRAINING_PER_LIST."""
+    return max(1, min(int(IVF_LISTS_PER_ROOT * np.sqrt(size)), size // IVF_TRAINING_PER_LIST))
+
+
+def build_parameters(kind: str, size: int, dim: int, lists: int | None = None) -> dict[str, int]:
     """What shapes a ``kind`` index of (size, dim) vectors besides the vectors themselves.
 
-    Search-time settings (efSearch, nprobe) are left out: they are set after a
-    read as after a build, so changing them needs no rebuild.
+    Search-time settings (efSearch, nprobe, re-rank factor) are left out: they are set
+    after a read as after a build, so changing them needs no rebuild.
     """
     if kind == "hnsw":
         return {"neighbours": HNSW_NEIGHBOURS, "build_depth": HNSW_BUILD_DEPTH}
     if kind == "ivfpq":
-        return {"lists": ivf_lists or max(16, int(4 * np.sqrt(size))), "subquantizers": max(1, dim // 4), "bits": 8}
+        return {"lists": lists or max(16, int(4 * np.sqrt(size))), "subquantizers": max(1, dim // 4), "bits": 8}
+    if kind == "ivfpq-rerank":
+        subquantizers = max(1, dim // RERANK_SUBQUANTIZER_DIMS)
+        while dim % subquantizers:  # PQ needs equal slices of the dimensions
+            subquantizers -= 1
+        return {"lists": lists or ivf_lists(size), "subquantizers": subquantizers, "bits": 8}
     return {}
+
+
+def factory_string(kind: str, params: dict[str, int]) -> str:
+    """The ``faiss.index_factory`` description of a ``kind`` index with ``params``."""
+    return FACTORY[kind].format(**params)
 
 
 def _empty_faiss_index(kind: str, dim: int, params: dict[str, int]):
     import faiss
 
-    if kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    if kind in ("flat-fp16", "sq8"):
-        quantizer = faiss.ScalarQuantizer.QT_fp16 if kind == "flat-fp16" else faiss.ScalarQuantizer.QT_8bit
-        return faiss.IndexScalarQuantizer(dim, quantizer, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, factory_string(kind, params), faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params["neighbours"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["build_depth"]
-        return index
-    quantizer = faiss.IndexFlatIP(dim)  # the faiss wrapper keeps it alive with the index
-    return faiss.IndexIVFPQ(
-        quantizer, dim, params["lists"], params["subquantizers"], params["bits"], faiss.METRIC_INNER_PRODUCT
-    )
+    return index
 
 
 def hnsw_search_depth(size: int) -> int:
@@ -170,26 +231,44 @@ def hnsw_search_depth(size: int) -> int:
     return HNSW_SEARCH_DEPTH + HNSW_SEARCH_DEPTH_STEP * int(np.ceil(tenfolds - 1e-9))
 
 
+def rerank_probes(lists: int) -> int:
+    """nprobe of the compressed kind over ``lists`` inverted lists (see RERANK_PROBE_SHARE)."""
+    return max(1, min(lists, round(lists * RERANK_PROBE_SHARE)))
+
+
 def _set_search_settings(index, kind: str) -> None:
     """Search-time settings, set after a read as after a build (so they need no rebuild)."""
+    import faiss
+
     if kind == "hnsw":
         index.hnsw.efSearch = hnsw_search_depth(index.ntotal)
     elif kind == "ivfpq":
         index.nprobe = IVF_PROBES
+    elif kind == "ivfpq-rerank":
+        index.k_factor = RERANK_FACTOR
+        lists = faiss.extract_index_ivf(index)
+        lists.nprobe = rerank_probes(lists.nlist)
 
 
-def build_index(embeddings: np.ndarray, kind: str = "auto", *, ivf_lists: int | None = None) -> SearchIndex:
-    """An index over (N, D) normalised embeddings; ``kind`` in KINDS."""
+def build_index(
+    embeddings: np.ndarray, kind: str = "auto", *, ivf_lists: int | None = None, memory_budget: float | None = None
+) -> SearchIndex:
+    """An index over (N, D) normalised embeddings; ``kind`` in KINDS.
+
+    ``memory_budget``: bytes the index may take when ``kind`` is "auto" (None: a share of this
+    machine's memory, ``default_memory_budget``; ``float("inf")``: no limit).
+    """
     vectors = _as_float32(embeddings)
     size, dim = vectors.shape
-    kind = resolve_kind(kind, size)
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    kind = resolve_kind(kind, size, dim, budget)
     if kind == "exact":
         return SearchIndex(vectors, kind, size, dim)
     params = build_parameters(kind, size, dim, ivf_lists)
     index = _empty_faiss_index(kind, dim, params)
-    if kind == "ivfpq":
+    if kind in ("ivfpq", "ivfpq-rerank"):  # k-means and codebooks on a sample: 64 points a list
         sample = np.random.default_rng(0).choice(size, min(size, 64 * params["lists"]), replace=False)
-        index.train(vectors[sample])
+        index.train(vectors[np.sort(sample)])
     if size:
         if not index.is_trained:
             index.train(vectors)
@@ -329,14 +408,22 @@ def _load_stored(store: IndexStore, key: dict) -> SearchIndex | None:
 
 
 def load_or_build_index(
-    embeddings: np.ndarray, kind: str, *, name: str, model: str, gallery: str, store: IndexStore | None
+    embeddings: np.ndarray,
+    kind: str,
+    *,
+    name: str,
+    model: str,
+    gallery: str,
+    store: IndexStore | None,
+    memory_budget: float | None = None,
 ) -> SearchIndex:
     """The index of ``name`` ("image", "caption") read from ``store`` when one matches, else built
     (and saved to ``store.folder``).  ``model`` and ``gallery`` are the digests the embeddings
-    depend on.  Exact search has no file to store: it keeps the matrix."""
+    depend on.  Exact search has no file to store: it keeps the matrix.  ``memory_budget`` as
+    for ``build_index``."""
     vectors = _as_float32(embeddings)
     size, dim = vectors.shape
-    kind = resolve_kind(kind, size)
+    kind = resolve_kind(kind, size, dim, default_memory_budget() if memory_budget is None else memory_budget)
     key = index_key(name, model, gallery, kind, build_parameters(kind, size, dim), size, dim)
     if store is not None and kind != "exact":
         stored = _load_stored(store, key)
