@@ -748,24 +748,29 @@ def build_ui(app: VSEApp) -> gr.Blocks:
             view = [review_image, review_title, review_detail, wrong, counter, ticked_state]
             controls = [wrong, add_button, next_button, skip_button]
             review_tab.select(
-                app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private"
-            )
+                app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private",
+                **queue_group("review"),
+            )  # fmt: skip
             if app.config.oauth:
-                demo.load(app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private")
+                demo.load(app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private",
+                          **queue_group("review"))  # fmt: skip
             else:  # a local reviewer's name is remembered in the browser across reloads
                 demo.load(restore_name, [saved_name], [reviewer], api_visibility="private").then(
-                    app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private"
-                )
+                    app.open_review, [position, reviewer], [position, *view, *controls], api_visibility="private",
+                    **queue_group("review"),
+                )  # fmt: skip
                 reviewer.change(lambda name: name, [reviewer], [saved_name], api_visibility="private")
             wrong.input(
                 app.mark_tags,
                 [position, wrong, ticked_state, reviewer],
                 [ticked_state, counter],
                 api_visibility="private",
+                **queue_group("review"),
             )
-            add_button.click(app.add_tag, [position, new_tag, reviewer], [new_tag, counter], api_visibility="private")
-            next_button.click(app.next_image, [position, wrong, reviewer], [position, *view], api_visibility="private")
-            skip_button.click(app.skip, [position, reviewer], [position, *view], api_visibility="private")
+            review = {"api_visibility": "private", **queue_group("review")}
+            add_button.click(app.add_tag, [position, new_tag, reviewer], [new_tag, counter], **review)
+            next_button.click(app.next_image, [position, wrong, reviewer], [position, *view], **review)
+            skip_button.click(app.skip, [position, reviewer], [position, *view], **review)
             demo.load(None, js=REVIEW_KEYS_JS)
             with gr.Accordion("Download the reviews", open=False), gr.Row():
                 corrections_button = gr.DownloadButton("Corrections table (CSV)")
@@ -847,10 +852,13 @@ def serve(config: AppConfig, host: str, port: int) -> None:
     waiting = status_page(status)
     waiting.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        demo, _ = create_demo(config, status.update)
+        demo, app = create_demo(config, status.update)
     finally:
         waiting.close()
-    demo.launch(server_name=host, server_port=port, **launch_options())
+    try:
+        demo.launch(server_name=host, server_port=port, **launch_options())
+    finally:  # back up the last votes, release the index engine
+        app.close()
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
