@@ -110,9 +110,12 @@ def test_weights_changed_in_place_are_followed():
 
 
 def naive_stamp(module: torch.nn.Module) -> tuple:
-    """Walk the whole module: every parameter and buffer's name, storage, version counter and device."""
+    """Walk the whole module: every parameter and buffer's name, storage, version counter, dtype, shape, device."""
     tensors = [*module.named_parameters(), *module.named_buffers()]
-    return tuple((name, t.data_ptr(), None if t.is_inference() else t._version, t.device.type) for name, t in tensors)
+    return tuple(
+        (name, t.data_ptr(), None if t.is_inference() else t._version, t.dtype, tuple(t.shape), t.device.type)
+        for name, t in tensors
+    )
 
 
 def changes() -> dict[str, Callable[[torch.nn.Module], object]]:
@@ -135,7 +138,19 @@ def changes() -> dict[str, Callable[[torch.nn.Module], object]]:
         with torch.no_grad():
             m.trunk._conv_head.weight.mul_(1.5)
 
+    def deleted_submodule(m):
+        del m.trunk._blocks[-1]
+
+    def deleted_buffer(m):
+        del m.trunk._bn1.running_mean
+
+    def emptied_parameter(m):
+        m.trunk._bn1.weight = None
+
     return {
+        "submodule deleted": deleted_submodule,
+        "buffer deleted": deleted_buffer,
+        "parameter set to None": emptied_parameter,
         "parameter assigned": assigned_parameter,
         "buffer assigned": assigned_buffer,
         "submodule replaced": replaced_submodule,
@@ -156,9 +171,23 @@ def test_the_weights_watch_agrees_with_a_walk_of_the_whole_module(change):
     assert after == naive_stamp(module) and after != before
 
 
+def test_a_change_landing_after_its_hook_ran_is_still_seen():
+    """PyTorch runs the registration hook before the assignment lands; a stamp taken in between must not stick."""
+    module, watch = backbone(), onnx_copy.WeightsWatch()
+    head = module.trunk._conv_head
+    new_head = torch.nn.Conv2d(head.in_channels, head.out_channels, 1, bias=False)  # (its own hooks run here)
+    watch.stamp(module)
+    watch.stamp(module)  # settled
+    onnx_copy._count_registration()  # the hook of replacing the submodule has run ...
+    between = watch.stamp(module)  # ... and a query is stamped before the replacement lands
+    module.trunk._modules["_conv_head"] = new_head
+    after = watch.stamp(module)
+    assert after != between and after == naive_stamp(module)
+
+
 @pytest.mark.parametrize("change", ["parameter assigned", "submodule replaced", "written in place"])
 def test_the_onnx_copy_follows_every_kind_of_weight_change(change):
-    module = backbone()
+    module = backbone(runtime="onnx")  # ONNX Runtime or an error: never a silent fall back to PyTorch
     pixels = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         before = module(pixels)
@@ -166,6 +195,7 @@ def test_the_onnx_copy_follows_every_kind_of_weight_change(change):
     with torch.inference_mode():
         after = module(pixels)
     scale = float(before.abs().max())  # features of random weights are tiny: compare relative to them
+    assert module.onnx_copy.exported and not module.onnx_copy.failed
     assert (after - before).abs().max() > 0.05 * scale
     torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4 * scale, rtol=1e-4)
 

@@ -91,7 +91,9 @@ def onnx_runtime_installed() -> bool:
 
 
 def tensor_stamp(tensor: torch.Tensor) -> tuple:
-    return tensor.data_ptr(), None if tensor.is_inference() else tensor._version, tensor.device.type
+    """Storage, in-place-write counter (None for inference tensors), dtype, shape and device of a tensor."""
+    version = None if tensor.is_inference() else tensor._version
+    return tensor.data_ptr(), version, tensor.dtype, tuple(tensor.shape), tensor.device.type
 
 
 _registrations = 0  # parameters, buffers and submodules assigned to any module in this process
@@ -110,27 +112,56 @@ nn.modules.module.register_module_module_registration_hook(_count_registration)
 class WeightsWatch:
     """Identity of a module's current weights, without walking its tree on every call.
 
-    The stamp is the storage and in-place-write counter of every parameter and
-    buffer (tensors created under ``torch.inference_mode`` have no counter: only
-    their storage is compared, and weights built that way can only be changed in
-    that mode).  Where each tensor lives (its owner's ``_parameters`` or
-    ``_buffers`` slot) is listed once, and listed again only when some module had
-    a parameter, buffer or submodule assigned since (the count of PyTorch's global
-    registration hooks moved).  Each call reads every slot, so tensors put there
-    without a hook (``.to(...)`` swaps buffers that way), in-place writes and new
-    storage are all seen.
+    The stamp is the storage, in-place-write counter, dtype and shape of every
+    parameter and buffer (tensors created under ``torch.inference_mode`` have no
+    counter: only their storage is compared, and weights built that way can only
+    be changed in that mode).  Where each tensor lives (its owner's
+    ``_parameters`` or ``_buffers`` slot) is listed, and listed again when:
+
+    * some module had a parameter, buffer or submodule assigned (the count of
+      PyTorch's global registration hooks moved), and once more on the call after
+      that, as a hook runs just before its assignment lands;
+    * a module of the tree lost a submodule, parameter or buffer (deletions run no
+      hook: the size of every module's three dicts is compared on each call);
+    * a listed slot is gone or holds no tensor.
+
+    Each call reads every slot, so tensors put there without a hook (``.to(...)``
+    swaps buffers that way), in-place writes and new storage are all seen.  The
+    tensors of the last stamp are held, so their storage cannot be freed and
+    reused at the same address by the weights that replace them.  Not seen, as by
+    any stamp of tensors: plain tensor attributes and a parametrization's own
+    settings.
     """
 
     def __init__(self) -> None:
         self._module: nn.Module | None = None
         self._registrations = -1
+        self._settled = False
         self._slots: list[tuple[str, dict, str]] = []
+        self._sizes: list[tuple[nn.Module, tuple[int, int, int]]] = []
+        self._held: list[torch.Tensor] = []
 
     def stamp(self, module: nn.Module) -> tuple:
-        if module is not self._module or _registrations != self._registrations:
-            self._module, self._registrations = module, _registrations
-            self._slots = tensor_slots(module)
-        return tuple((name, *tensor_stamp(slots[key])) for name, slots, key in self._slots)
+        count = _registrations
+        if module is not self._module or count != self._registrations or not self._settled or self._shrunk():
+            self._settled = module is self._module and count == self._registrations
+            self._module, self._registrations = module, count
+            self._slots, self._sizes = tensor_slots(module), tree_sizes(module)
+        try:
+            tensors, stamp = self._read()
+        except (KeyError, AttributeError):  # a slot emptied without a hook: list again
+            self._slots, self._sizes = tensor_slots(module), tree_sizes(module)
+            tensors, stamp = self._read()
+        self._held = tensors
+        return stamp
+
+    def _read(self) -> tuple[list[torch.Tensor], tuple]:
+        tensors = [slots[key] for _, slots, key in self._slots]
+        names = [name for name, _, _ in self._slots]
+        return tensors, tuple((name, *tensor_stamp(t)) for name, t in zip(names, tensors, strict=True))
+
+    def _shrunk(self) -> bool:
+        return any((len(m._modules), len(m._parameters), len(m._buffers)) != sizes for m, sizes in self._sizes)
 
 
 def tensor_slots(module: nn.Module) -> list[tuple[str, dict, str]]:
@@ -143,6 +174,11 @@ def tensor_slots(module: nn.Module) -> list[tuple[str, dict, str]]:
     return [slot(name, "_parameters") for name, _ in module.named_parameters()] + [
         slot(name, "_buffers") for name, _ in module.named_buffers()
     ]
+
+
+def tree_sizes(module: nn.Module) -> list[tuple[nn.Module, tuple[int, int, int]]]:
+    """Every module of the tree with the sizes of its submodule, parameter and buffer dicts."""
+    return [(m, (len(m._modules), len(m._parameters), len(m._buffers))) for m in module.modules()]
 
 
 def needs_autograd(module: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
