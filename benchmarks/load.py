@@ -132,7 +132,9 @@ class AppProcess:
             *extra,
         ]
         self.log = open(data_dir.parent / "app.log", "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        # No VSE_* setting of this shell reaches it: a vote backup repo would receive the synthetic votes.
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("VSE_")}
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
 
     def wait_ready(self, timeout: float = 600) -> None:
         from benchmarks.common import GradioHTTPClient
@@ -140,7 +142,9 @@ class AppProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.process.returncode}; see {self.log.name}")
+                self.log.flush()
+                tail = "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-40:])
+                raise RuntimeError(f"the app exited with {self.process.returncode}; its log ends:\n{tail}")
             try:
                 GradioHTTPClient(self.url).predict(api_name="/ping")
                 return
@@ -200,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             peak_mb = app.peak_rss_mb()
         finally:
             app.stop()
+        stored = stored_votes(Path(folder) / "data")
     rows, errors = summary(log, elapsed)
     for row in rows:
         print(f"{row[0]:>7}: {row[1]} ok, {row[2]} errors, p50 {row[3]:.0f} ms, p99 {row[4]:.0f} ms, {row[5]:.1f}/s")
     print(f"app process: {cpu / elapsed:.2f} cores busy on average, peak RSS {peak_mb:.0f} MB")
+    acknowledged = len(log["vote"])
+    print(f"votes: {acknowledged} acknowledged, {stored} stored (distinct reviewer, image, tag)")
     for key in [k for k in log if k.endswith("errors")]:
         for message in log[key][:3]:
             print(key, message)
@@ -214,18 +221,28 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         command = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
         pause = f"a pause of {args.think:g} s on average" if args.think > 0 else "no pause"
+        default_gallery = Path(args.gallery).resolve() == (ROOT / "assets" / "gallery").resolve()
+        served = "the `assets/` default" if default_gallery and not args.app_arg else "the gallery and options given"
         body = f"""## Load
 
 `{command.strip()}` · {machine_line()} · {args.clients} clients for {elapsed:.0f} s against `python app.py`
-on the `assets/` default, in its own process on loopback, through Gradio's HTTP API (searches 60%, uploads
+on {served}, in its own process on loopback, through Gradio's HTTP API (searches 60%, uploads
 20%: file upload then `/describe`, votes 20%; {pause} between a client's requests). Latency is per request,
-client side, queueing included. The clients share the machine's 2 cores with the app; the app process kept
+client side, queueing included; {acknowledged} votes were acknowledged and the store holds {stored} (one per
+reviewer, image and tag: a repeated vote replaces the earlier one). The clients share the machine's 2 cores with the app; the app process kept
 {cpu / elapsed:.2f} cores busy on average and peaked at {peak_mb:,.0f} MB resident.
 
 {markdown_table(["request", "completed", "errors", "p50 ms", "p99 ms", "per second"], rows)}
 """
         write_section("load", body, RELIABILITY)
     return 0 if errors == 0 else 1
+
+
+def stored_votes(data_dir: Path) -> int:
+    """Votes in the app's store after it stopped."""
+    from vse.serving.feedback import FeedbackStore
+
+    return FeedbackStore(data_dir / "votes.db").count()
 
 
 def upload_image() -> bytes:
