@@ -105,20 +105,25 @@ def parse_index_url(url: str) -> EngineLocation:
     """The engine location an index URL names (grammar in the module docstring); ``IndexURLError`` if bad."""
     scheme, _, rest = url.partition(":")
     if scheme not in ENGINE_SCHEMES:
-        raise IndexURLError(f"unknown index URL scheme {scheme!r} in {url!r}: use {URL_FORMS}")
+        raise IndexURLError(f"unknown index URL scheme {scheme!r} in {shown(url)!r}: use {URL_FORMS}")
     if scheme == "qdrant+memory":
         if rest:
-            raise IndexURLError(f"qdrant+memory: takes nothing after the colon, got {url!r}")
+            raise IndexURLError(f"qdrant+memory: takes nothing after the colon, got {shown(url)!r}")
         return EngineLocation("memory")
     if scheme == "qdrant+file":
         return EngineLocation("file", path=_local_folder(url, rest))
     return _server_location(url, scheme.removeprefix("qdrant+"))
 
 
+def shown(url: str) -> str:
+    """``url`` as errors may show it: without its options or fragment, where a key may have been put."""
+    return re.split(r"[?#]", url, maxsplit=1)[0]
+
+
 def _local_folder(url: str, rest: str) -> str:
     """The folder of ``qdrant+file:RELATIVE`` or ``qdrant+file:///ABSOLUTE``."""
     if "?" in rest or "#" in rest:
-        raise IndexURLError(f"qdrant+file: takes a folder and no options, got {url!r}")
+        raise IndexURLError(f"qdrant+file: takes a folder and no options, got {shown(url)!r}")
     if rest.startswith("//"):
         host, slash, path = rest[2:].partition("/")
         if host:
@@ -135,7 +140,7 @@ def _local_folder(url: str, rest: str) -> str:
 
 def _server_location(url: str, scheme: str) -> EngineLocation:
     parts = urlsplit(url.removeprefix("qdrant+"))
-    url = url.partition("?")[0]  # shown in errors without its options, in case a key was put there
+    url = shown(url)
     if parts.username is not None or parts.password is not None:
         raise IndexURLError(
             "an index URL holds no credentials: put the API key in a variable, name it ?api_key_env=NAME"
@@ -144,8 +149,8 @@ def _server_location(url: str, scheme: str) -> EngineLocation:
         raise IndexURLError(f"{url!r} names no host: use qdrant+{scheme}://HOST[:PORT]")
     try:
         port = parts.port
-    except ValueError as err:
-        raise IndexURLError(f"{url!r}: {err}") from err
+    except ValueError:  # its message repeats the text after the colon, which may be a key put there
+        raise IndexURLError(f"{parts.hostname!r}: the port must be a whole number from 0 to 65535") from None
     if parts.fragment:
         raise IndexURLError(f"{url!r}: an index URL has no #fragment")
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -194,8 +199,8 @@ def _api_key(location: EngineLocation, environ: dict[str, str] | None) -> str | 
 
 def collection_key(name: str, model: str, gallery: str, size: int, dim: int) -> dict:
     """Everything a collection's vectors depend on; a collection is used only when all of it matches."""
-    return {"format": COLLECTION_FORMAT, "name": name, "model": model, "gallery": gallery,
-            "size": size, "dim": dim, "distance": "dot"}  # fmt: skip
+    return {"format": COLLECTION_FORMAT, "name": name, "model": model, "gallery": gallery, "size": size, "dim": dim,
+            "distance": "dot", "hnsw": {"m": HNSW_NEIGHBOURS, "ef_construct": HNSW_BUILD_DEPTH}}  # fmt: skip
 
 
 def collection_name(key: dict) -> str:
