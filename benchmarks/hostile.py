@@ -13,93 +13,18 @@ section of docs/RELIABILITY.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import struct
 import sys
 import tempfile
-import threading
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+from benchmarks.common import machine_line, markdown_table, write_section
+from vse.testing.app_runner import api_call, concurrent_uploads
+from vse.testing.hostile import blank_png
+from vse.testing.memory import peak_memory_growth
 
-from benchmarks.common import machine_line, markdown_table, run_to_completion, write_section
-
-JSON = {"content-type": "application/json"}
 CLIENT_LOGGERS = ("httpx", "httpcore", "gradio_client")
 RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
-
-
-def blank_png(width: int, height: int) -> bytes:
-    """A valid, fully decodable RGB PNG of the given size, all black; compresses to about 1/1000 of its pixels."""
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    compressor, row = zlib.compressobj(9), b"\x00" * (1 + 3 * width)  # filter byte + pixels
-    rows_per_block = max(1, (1 << 24) // len(row))
-    blocks = [compressor.compress(row * min(rows_per_block, height - y)) for y in range(0, height, rows_per_block)]
-    data = b"".join(blocks) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * _page_size()
-
-
-def _page_size() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_memory_growth(action: Callable[[], object], interval: float = 0.005) -> tuple[int, object]:
-    """Peak resident memory above the level before ``action``, sampled every ``interval`` s while it runs."""
-    baseline, peak, done = resident_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_bytes())
-            done.wait(interval)  # wakes at once when the action ends
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        result = action()
-    finally:
-        done.set()
-        sampler.join()
-    return max(0, peak[0] - baseline), result
-
-
-def concurrent_uploads(url: str, path: Path, clients: int) -> list[str]:
-    """Upload ``path`` to ``/describe`` from ``clients`` gradio_client clients at once; each one's error message."""
-    from gradio_client import Client, handle_file
-
-    messages: list[str] = [""] * clients
-
-    def upload(slot: int) -> None:
-        try:
-            Client(url, verbose=False).predict(handle_file(str(path)), api_name="/describe")
-            messages[slot] = "accepted"
-        except Exception as err:  # noqa: BLE001 - the refusal is the expected outcome, recorded
-            messages[slot] = str(err)
-
-    run_to_completion([threading.Thread(target=upload, args=(slot,)) for slot in range(clients)])
-    return messages
-
-
-def api_call(url: str, api: str, data: list) -> tuple[str, dict | list | None]:
-    """One call through Gradio's HTTP API: ("complete" | "error", payload)."""
-    body = json.dumps({"data": data})  # NaN and Infinity allowed: clients send them
-    response = httpx.post(f"{url}gradio_api/call/{api}", content=body, headers=JSON, timeout=60)
-    response.raise_for_status()
-    stream = httpx.get(f"{url}gradio_api/call/{api}/{response.json()['event_id']}", timeout=60).text
-    event = next(line.removeprefix("event: ") for line in stream.splitlines() if line.startswith("event: "))
-    data_line = next((line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")), "null")
-    return event, json.loads(data_line)
 
 
 class ByteCounter(logging.Handler):

@@ -307,9 +307,9 @@ def test_a_large_gallery_photo_reaches_the_browser_scaled_down(tmp_path):
     """Through the HTTP API: /search returns a file URL; what it serves is a WebP inside THUMBNAIL_SIDE."""
     import httpx
 
-    from benchmarks.hostile import api_call
     from vse.serving.gallery import write_gallery
     from vse.serving.thumbnails import THUMBNAIL_SIDE
+    from vse.testing.app_runner import api_call
     from vse.testing.shapes import draw
 
     def encoded(image: Image.Image) -> bytes:

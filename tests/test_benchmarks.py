@@ -71,3 +71,11 @@ def test_startup_benchmark_starts_the_app_over_a_small_generated_gallery(tmp_pat
     printed = capsys.readouterr().out
     assert "| start 1 |" in printed and "300 images" in printed
     assert docs_digest() == before
+
+
+def test_the_engine_benchmark_runs_and_prints_its_table(capsys):
+    from benchmarks import engine
+
+    assert engine.main(["--sizes", "300", "--queries", "5", "--file-points", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 300 |" in printed and "points/s written" in printed

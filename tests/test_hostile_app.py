@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.hostile import api_call, blank_png, concurrent_uploads, peak_memory_growth
-from vse.testing.app_runner import ASSETS, running_app
-from vse.testing.hostile import API_CASES, IMAGE_CASES, UPLOAD_CASES, encode
+from vse.testing.app_runner import ASSETS, api_call, concurrent_uploads, running_app
+from vse.testing.hostile import API_CASES, IMAGE_CASES, UPLOAD_CASES, blank_png, encode
+from vse.testing.memory import peak_memory_growth
 
 pytestmark = pytest.mark.skipif(not (ASSETS / "model" / "config.json").is_file(), reason="assets/ not built")
 

@@ -296,11 +296,3 @@ def test_the_app_on_the_engine_answers_searches_as_exact_search(tmp_path):
             got = [[row[2], row[3]] for row in table["data"]]
             assert [g[0] for g in got] == [e[0] for e in expected]
             np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=2e-4)
-
-
-def test_the_engine_benchmark_runs_and_prints_its_table(capsys):
-    from benchmarks import engine
-
-    assert engine.main(["--sizes", "300", "--queries", "5", "--file-points", "5"]) == 0
-    printed = capsys.readouterr().out
-    assert "| 300 |" in printed and "points/s written" in printed

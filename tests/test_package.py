@@ -23,16 +23,22 @@ def test_vse_imports_from_another_directory_without_training_dependencies(tmp_pa
     assert "heavy: []" in result.stdout
 
 
-def test_benchmarks_and_the_library_never_import_the_tests():
-    """Shared fixtures live in vse.testing; tests/ is imported by nothing but pytest."""
-    offenders = [
+def imports_of(folder: str, prefixes: tuple[str, ...], skip: tuple[str, ...] = ()) -> list[str]:
+    """file:line of every import statement in ``folder`` starting with one of ``prefixes``."""
+    return [
         f"{path.relative_to(ROOT)}:{number}"
-        for folder in ("benchmarks", "vse", "training")
         for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name not in skip
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if line.strip().startswith(("from tests", "import tests"))
+        if line.strip().startswith(prefixes)
     ]
-    assert not offenders, offenders
+
+
+def test_benchmarks_and_tests_share_fixtures_through_vse_testing_only():
+    """tests/ is imported by nothing but pytest; benchmarks/ only by the tests that run the benchmarks."""
+    for folder in ("benchmarks", "vse", "training"):
+        assert not imports_of(folder, ("from tests", "import tests")), folder
+    assert not imports_of("tests", ("from benchmarks", "import benchmarks"), skip=("test_benchmarks.py",))
 
 
 def test_layout_of_the_design_card():

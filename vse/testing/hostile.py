@@ -181,3 +181,14 @@ UPLOAD_CASES = {
     "a data URL of text": (data_url(b"not an image at all"), "not a readable image"),
     "a data URL over the upload limit": (data_url(b"\x89PNG\r\n\x1a\n" + bytes(11_000_000)), "upload limit"),
 }
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A valid, fully decodable RGB PNG of the given size, all black; compresses to about 1/1000 of its pixels."""
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    compressor, row = zlib.compressobj(9), b"\x00" * (1 + 3 * width)  # filter byte + pixels
+    rows_per_block = max(1, (1 << 24) // len(row))
+    blocks = [compressor.compress(row * min(rows_per_block, height - y)) for y in range(0, height, rows_per_block)]
+    data = b"".join(blocks) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
