@@ -28,7 +28,6 @@ import base64
 import binascii
 import contextlib
 import csv
-import functools
 import hashlib
 import json
 import logging
@@ -55,7 +54,7 @@ from vse.serving.engine_index import EngineError, check_index_setting
 from vse.serving.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.serving.gallery import GalleryItem
 from vse.serving.index import KINDS as INDEX_KINDS
-from vse.serving.retrieval import Progress, QueryError, RetrievalService
+from vse.serving.retrieval import Progress, QueryError, RetrievalService, ReviewQueueNotReady
 from vse.serving.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
 from vse.serving.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 from vse.text import normalize_tag
@@ -273,15 +272,29 @@ class VSEApp:
         # served in place, not hashed and copied into Gradio's cache on every search.
         gr.set_static_paths([self.thumbnail_dir])
 
-    @functools.cached_property
+    # How long a review request waits for the review queue while it is being computed, before
+    # it is told to come back: a worker is not held for the minutes a huge gallery could take.
+    queue_wait_seconds = 10.0
+
+    @property
     def queue(self) -> list[int]:
-        """The review queue, found when first asked for: at a million images the tags' suspicion
-        takes minutes, which the search must not wait for (benchmarks/startup.py)."""
+        """The review queue (gallery rows, the review worth most first), waiting for it if need be.
+
+        ``create`` starts computing it in the background as soon as the service is
+        loaded; review handlers use ``ready_queue``, which waits a bounded time."""
         return self.service.review_queue()
+
+    def ready_queue(self) -> list[int]:
+        """The review queue; a refusal saying it is being prepared when it is not ready in ``queue_wait_seconds``."""
+        try:
+            return self.service.review_queue(timeout=self.queue_wait_seconds)
+        except ReviewQueueNotReady as err:
+            raise refusal(str(err)) from None
 
     @classmethod
     def create(cls, config: AppConfig, progress: Progress | None = None) -> VSEApp:
         service = RetrievalService.load(config.model, config.gallery, config.data_dir, config.index, progress)
+        service.start_review_queue()  # in the background: the search is served at once
         store = FeedbackStore(os.path.join(config.data_dir, "votes.db"))
         backup = None
         if config.backup:  # restores every backed-up vote before the app serves anyone
@@ -464,9 +477,10 @@ class VSEApp:
 
     def next_position(self, position: int, user: str | None, include_current: bool = False) -> int | None:
         """The next reviewable queue position after (or at) ``position``; None when the queue is done."""
+        queue = self.ready_queue()
         counts, mine = self.store.reviewer_counts(), self.store.reviewed_images(user) if user else set()
-        for step in range(0 if include_current else 1, len(self.queue) + 1):
-            candidate = (position + step) % len(self.queue)
+        for step in range(0 if include_current else 1, len(queue) + 1):
+            candidate = (position + step) % len(queue)
             image_id = self.current_item(candidate).id
             if image_id not in mine and counts.get(image_id, 0) < self.config.reviews_per_image:
                 return candidate
@@ -484,10 +498,11 @@ class VSEApp:
 
     def review_view(self, position: int, user: str | None = None) -> tuple:
         """Image, title, detail, tag choices (suspicion shown, suggested verdicts ticked), counter."""
-        if not self.queue:
+        queue = self.ready_queue()
+        if not queue:
             return None, "No tagged images in this gallery.", "", gr.update(choices=[], value=[]), self.counter(user)
-        position = position % len(self.queue)
-        index = self.queue[position]
+        position = position % len(queue)
+        index = queue[position]
         item = self.service.gallery.items[index]
         rows = self.tag_rows(index)
         mine = {v.tag: v.verdict for v in self.store.votes(image_id=item.id, user=user)} if user else {}
@@ -497,7 +512,7 @@ class VSEApp:
         ]  # fmt: skip
         expected = float(sum(probability for _, probability in rows))
         detail = (
-            f"Image {position + 1} of {len(self.queue)} · about {expected:.1f} wrong tags expected "
+            f"Image {position + 1} of {len(queue)} · about {expected:.1f} wrong tags expected "
             f"(ranked by model {self.service.revision[:8]}). Ticked = suggested wrong."
         )
         choices = [(f"{tag}  ·  {probability:.0%} likely wrong", tag) for tag, probability in rows]
@@ -514,7 +529,8 @@ class VSEApp:
         return f"{mine} images reviewed by you · {self.store.count()} votes stored in total"
 
     def current_item(self, position: int) -> GalleryItem:
-        return self.service.gallery.items[self.queue[position % len(self.queue)]]
+        queue = self.ready_queue()
+        return self.service.gallery.items[queue[position % len(queue)]]
 
     def mark_tags(
         self, position: int, ticked: list[str], previous: list[str], name: str, profile: gr.OAuthProfile | None
@@ -562,7 +578,13 @@ class VSEApp:
         user = None
         with contextlib.suppress(gr.Error):
             user = self.reviewer(name, profile)
-        if self.queue:
+        try:
+            queue = self.service.review_queue(timeout=self.queue_wait_seconds)
+        except ReviewQueueNotReady as err:  # said in the tab, its controls off, until it is opened again
+            view = (None, "The review queue is not ready yet", str(err), gr.update(choices=[], value=[]),
+                    self.counter(user))  # fmt: skip
+            return (position, *view, [], *[gr.update(interactive=False) for _ in range(4)])
+        if queue:
             position = self.next_position(position, user, include_current=True) or position
         view = self.review_view(position, user)
         controls = [gr.update(interactive=user is not None) for _ in range(4)]
@@ -615,16 +637,17 @@ class VSEApp:
         Returns ``{"image_id": None}`` when nothing needs this reviewer any more.
         """
         user = self.reviewer(reviewer, profile)
-        position = self.next_position(0, user, include_current=True) if self.queue else None
+        queue = self.ready_queue()
+        position = self.next_position(0, user, include_current=True) if queue else None
         if position is None:
             return {"image_id": None, "remaining": 0}
-        index = self.queue[position]
+        index = queue[position]
         item = self.service.gallery.items[index]
         return {
             "image_id": item.id,
             "title": item.title,
             "position": position,
-            "queue_length": len(self.queue),
+            "queue_length": len(queue),
             "tags": [{"tag": tag, "p_wrong": round(p, 4)} for tag, p in self.tag_rows(index)],
             "model_revision": self.service.revision,
         }

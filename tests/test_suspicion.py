@@ -7,7 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vse.suspicion import TagPairs, fit_calibration, null_tags, review_priority, tag_evidence, tag_suspicion
+import vse.suspicion
+from vse.suspicion import (
+    SuspicionTable,
+    TagPairs,
+    TagSuspicion,
+    fit_calibration,
+    null_tags,
+    review_priority,
+    segment_sums,
+    tag_evidence,
+    tag_suspicion,
+)
 
 
 def naive_evidence(image_emb, tag_emb, tag_lists_rows, image, scored_tag, own_tag):
@@ -115,3 +126,75 @@ def test_review_priority_weighs_expected_wrong_tags_by_list_length():
     assert review_priority(np.array([0.9])) > review_priority(np.array([0.4, 0.4, 0.4, 0.4]))  # 0.9 > 0.8
     assert review_priority(np.array([0.4, 0.4, 0.4, 0.4])) > review_priority(np.array([0.7]))  # 0.8 > 0.7
     assert np.isnan(review_priority(np.array([])))
+
+
+def naive_null_tags(pairs: TagPairs, seed: int = 0, tries: int = 32) -> np.ndarray:
+    """The loop ``null_tags`` replaced: a set of the pairs, every pair checked in turn."""
+    rng = np.random.default_rng(seed)
+    own = {(int(i), int(t)) for i, t in zip(pairs.image, pairs.tag, strict=True)}
+    replacement = pairs.tag[rng.integers(len(pairs), size=len(pairs))]
+    for k in range(len(pairs)):
+        image = int(pairs.image[k])
+        for _ in range(tries):
+            if (image, int(replacement[k])) not in own:
+                break
+            replacement[k] = pairs.tag[rng.integers(len(pairs))]
+    return replacement
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_null_tags_draw_as_the_naive_loop(seed):
+    _, _, pairs, _ = synthetic_web(0.2, seed=seed, images=300, concepts=4)  # few tags: many draws hit the image's own
+    np.testing.assert_array_equal(null_tags(pairs, seed=seed), naive_null_tags(pairs, seed=seed))
+    np.testing.assert_array_equal(null_tags(pairs, seed=seed, tries=1), naive_null_tags(pairs, seed=seed, tries=1))
+
+
+def test_evidence_and_suspicion_do_not_depend_on_the_chunk_size(monkeypatch):
+    image_emb, tag_emb, pairs, _ = synthetic_web(0.3, seed=4)
+    shuffled = np.random.default_rng(0).permutation(len(pairs))  # pairs need not come image by image
+    pairs = TagPairs(pairs.image[shuffled], pairs.tag[shuffled])
+    whole = tag_evidence(image_emb, tag_emb, pairs)
+    for chunk in (1, 7, 100):
+        np.testing.assert_allclose(tag_evidence(image_emb, tag_emb, pairs, chunk=chunk), whole, atol=1e-6)
+    probability, calibration = tag_suspicion(image_emb, tag_emb, pairs)
+    monkeypatch.setattr(vse.suspicion, "FIT_CHUNK", 97)
+    monkeypatch.setattr(vse.suspicion, "EVIDENCE_CHUNK", 50)
+    chunked, chunked_calibration = tag_suspicion(image_emb, tag_emb, pairs)
+    np.testing.assert_allclose(chunked_calibration.weights, calibration.weights, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(chunked, probability, rtol=1e-7, atol=1e-9)
+
+
+def test_segment_sums_and_priorities_match_the_per_image_ones():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 12, size=200)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.random(offsets[-1])
+    suspicion = TagSuspicion(values, offsets)
+    per_image = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    assert all(np.array_equal(got, want) for got, want in zip(suspicion, per_image, strict=True))
+    assert np.array_equal(suspicion[-1], per_image[-1]) and len(suspicion) == 200
+    want = np.array([float(sum(v.tolist())) if len(v) else np.nan for v in per_image])
+    np.testing.assert_array_equal(segment_sums(values, offsets), want)  # summed in order: equal to the bit
+    np.testing.assert_array_equal(suspicion.expected_wrong(), want)
+    short = lengths < 8  # NumPy's own sum is in order too below eight values
+    np.testing.assert_array_equal(
+        suspicion.review_priority()[short], [review_priority(v) for v in np.array(per_image, dtype=object)[short]]
+    )
+    np.testing.assert_allclose(suspicion.review_priority(), [review_priority(v) for v in per_image], rtol=1e-12)
+    with pytest.raises(IndexError):
+        suspicion[200]
+
+
+def test_table_lookup_matches_get():
+    import pyarrow as pa
+
+    table = SuspicionTable(["a", "a", "b", "c", "a"], ["cat", "dog", "cat", "cat", "cat"], [0.1, 0.2, 0.3, 0.4, 0.9])
+    ids, vocabulary = pa.array(["b", "a", "z"]), ["dog", "cat", "owl"]
+    pairs = TagPairs(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 0, 1, 2, 1]))
+    want = [table.get(ids[i].as_py(), vocabulary[t]) for i, t in zip(pairs.image, pairs.tag, strict=True)]
+    got = table.lookup(ids, vocabulary, pairs)
+    assert (
+        [None if np.isnan(v) else pytest.approx(v) for v in got]
+        == want
+        == [None, pytest.approx(0.3), pytest.approx(0.2), pytest.approx(0.9), None, None]
+    )

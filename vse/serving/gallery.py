@@ -499,6 +499,14 @@ class Gallery:
         """Every item's tags, in order (for encoding; far quicker than reading the items)."""
         return self._table["tags"].to_pylist()
 
+    def tag_column(self) -> pa.ChunkedArray:
+        """Every item's tags as the Arrow list column (flat arrays for vectorised work over all tags)."""
+        return self._table["tags"]
+
+    def id_column(self) -> pa.ChunkedArray:
+        """Every item's id as the Arrow column."""
+        return self._table["id"]
+
     def captioned_rows(self, split: str | None = None) -> list[int]:
         """Positions of the items that have captions (and are of ``split``, when given)."""
         wanted = pc.greater(pc.list_value_length(self._table["captions"]), 0)

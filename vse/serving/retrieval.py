@@ -14,9 +14,12 @@ them.  Queries return row indices into the gallery and the caption pool with cos
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import unicodedata
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +34,7 @@ from vse.model import VSEModel
 from vse.serving.engine_index import VectorIndex, connect, is_engine_url, load_or_fill_index, parse_index_url
 from vse.serving.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.serving.index import IndexStore, load_or_build_index
-from vse.suspicion import TagPairs, review_priority, tag_suspicion
-from vse.text import normalize_tag
+from vse.suspicion import FlatTags, TagPairs, TagSuspicion, tag_suspicion
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 500
@@ -42,6 +44,21 @@ GALLERY_STATE = "galleries"
 
 class QueryError(ValueError):
     """A query that cannot be answered; the message is meant for the user."""
+
+
+class ReviewQueueNotReady(RuntimeError):
+    """The review queue is still being computed; the message is meant for the user."""
+
+    def __init__(self, images: int):
+        super().__init__(f"The review queue is being prepared ({images:,} images); try again in a minute.")
+
+
+@dataclass(frozen=True)
+class ReviewQueue:
+    """Every gallery item's tag suspicion, and the tagged items in review order (gallery rows)."""
+
+    suspicion: TagSuspicion
+    queue: list[int]
 
 
 def clean_query(text: str | None) -> str:
@@ -141,7 +158,8 @@ class RetrievalService:
         self.engine = connect(parse_index_url(index_kind)) if is_engine_url(index_kind) else None
         self.image_index: VectorIndex = self._index("image", embeddings.images, index_kind, index_store)
         self.caption_index: VectorIndex = self._index("caption", embeddings.captions, index_kind, index_store)
-        self._suspicion: list[np.ndarray] | None = None
+        self._review: Future[ReviewQueue] | None = None  # the review queue, computed once (start_review_queue)
+        self._review_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -246,50 +264,80 @@ class RetrievalService:
         return [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
     # ------------------------------------------------------------ review queue
-    def tag_suspicion(self) -> list[np.ndarray]:
-        """P(wrong) of every gallery item's tags, aligned with ``item.tags`` (empty for untagged items).
+    def start_review_queue(self) -> Future[ReviewQueue]:
+        """Start computing the review queue in a daemon thread (once); the future of it.
+
+        The app calls this as soon as the service is loaded, so that the search is
+        served at once and the first review does not wait minutes (at a million images).
+        """
+        with self._review_lock:
+            if self._review is None:
+                self._review = Future()
+                thread = threading.Thread(target=self._compute_review, name="review-queue", daemon=True)
+                thread.start()
+            return self._review
+
+    def _compute_review(self) -> None:
+        start = time.perf_counter()
+        try:
+            suspicion = self.compute_tag_suspicion()
+            priority = suspicion.review_priority()
+            tagged = np.flatnonzero(~np.isnan(priority))
+            queue = tagged[np.argsort(-priority[tagged], kind="stable")].tolist()
+        except BaseException as err:  # noqa: BLE001 - handed to whoever waits for the queue
+            log.exception("the review queue could not be computed")
+            self._review.set_exception(err)
+            return
+        log.info("review queue of %d images computed in %.1f s", len(queue), time.perf_counter() - start)
+        self._review.set_result(ReviewQueue(suspicion, queue))
+
+    def _review_result(self, timeout: float | None) -> ReviewQueue:
+        try:
+            return self.start_review_queue().result(timeout)
+        except FutureTimeout:
+            raise ReviewQueueNotReady(len(self.gallery)) from None
+
+    def tag_suspicion(self, timeout: float | None = None) -> TagSuspicion:
+        """P(wrong) of every gallery item's tags: ``[i]`` is aligned with ``items[i].tags`` (empty when untagged).
+
+        Waits for the background computation (``start_review_queue``; started here if
+        it was not), at most ``timeout`` seconds when given: ``ReviewQueueNotReady`` after.
+        """
+        return self._review_result(timeout).suspicion
+
+    def review_queue(self, timeout: float | None = None) -> list[int]:
+        """Tagged images, the review worth most first (``vse.suspicion.review_priority``); waits as ``tag_suspicion``."""
+        return self._review_result(timeout).queue
+
+    def expected_wrong(self) -> np.ndarray:
+        """(N,) expected number of wrong tags of each image (NaN when it has no tags)."""
+        return self.tag_suspicion().expected_wrong()
+
+    def compute_tag_suspicion(self) -> TagSuspicion:
+        """P(wrong) of every tag occurrence of the gallery, computed now over flat arrays.
 
         Pairs the model's training scored (``VSEModel.suspicion``, cross-fitted) take
         that estimate; the others are estimated here from the model's embeddings with
         the same calibration (``vse.suspicion.tag_suspicion``), which judges tags the
         model trained on too kindly, so a model without a table ranks less sharply.
+        A tag that normalises to nothing gets 0; repeats of a tag share its value.
         """
-        if self._suspicion is None:
-            table = self.model.suspicion
-            normalized = [[normalize_tag(tag) for tag in tags] for tags in self.gallery.tag_lists()]
-            values = [
-                np.array(
-                    [np.nan if table is None else (table.get(image_id, t) if t else 0.0) for t in tags], dtype=float
-                )
-                for image_id, tags in zip(self.gallery.ids, normalized, strict=True)
-            ]
-            if any(np.isnan(v).any() for v in values):
-                live = self._live_suspicion(normalized)
-                values = [np.where(np.isnan(v), w, v) for v, w in zip(values, live, strict=True)]
-            self._suspicion = values
-        return self._suspicion
+        tags = FlatTags.from_arrow(self.gallery.tag_column())
+        pairs, pair_of = tags.pairs()
+        table = self.model.suspicion
+        known = np.full(len(pairs), np.nan)
+        if table is not None:
+            known = table.lookup(self.gallery.id_column(), tags.vocabulary, pairs)
+        if np.isnan(known).any():
+            known = np.where(np.isnan(known), self._live_suspicion(pairs, tags.vocabulary), known)
+        values = np.zeros(len(tags.tag))
+        values[pair_of >= 0] = known[pair_of[pair_of >= 0]]
+        return TagSuspicion(values, tags.offsets)
 
-    def _live_suspicion(self, normalized: list[list[str]]) -> list[np.ndarray]:
-        lists = [[t for t in tags if t] for tags in normalized]
-        pairs, vocabulary = TagPairs.from_lists(lists)
-        out = [np.zeros(len(tags)) for tags in normalized]
+    def _live_suspicion(self, pairs: TagPairs, vocabulary: list[str]) -> np.ndarray:
+        """(P,) P(wrong) of every pair, from the model's embeddings (0 when there are fewer than two pairs)."""
         if len(pairs) < 2:
-            return out
+            return np.zeros(len(pairs))
         tag_emb = self.model.encode_text(vocabulary, batch_size=256)
         probability, _ = tag_suspicion(self.embeddings.images, tag_emb, pairs)
-        lookup = {
-            (int(i), vocabulary[int(t)]): float(p) for i, t, p in zip(pairs.image, pairs.tag, probability, strict=True)
-        }
-        for row, tags in enumerate(normalized):
-            out[row] = np.array([lookup.get((row, t), 0.0) for t in tags])
-        return out
-
-    def expected_wrong(self) -> np.ndarray:
-        """(N,) expected number of wrong tags of each image (NaN when it has no tags)."""
-        return np.array([v.sum() if len(v) else np.nan for v in self.tag_suspicion()])
-
-    def review_queue(self) -> list[int]:
-        """Tagged images, the review worth most first (``vse.suspicion.review_priority``)."""
-        priority = np.array([review_priority(p) for p in self.tag_suspicion()])
-        tagged = np.nonzero(~np.isnan(priority))[0]
-        return tagged[np.argsort(-priority[tagged], kind="stable")].tolist()
+        return probability
