@@ -109,15 +109,19 @@ class GradioHTTPClient:
     polling interval is added (``gradio_client`` checks its message queue every 50 ms).
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, session: str | None = None):
         import httpx
 
         self.url = url.rstrip("/")
         self.http = httpx.Client(timeout=60)
+        # A session hash kept across calls, as a browser tab and gradio_client keep one; without
+        # one (as curl) Gradio builds a new session state for every call.
+        self.session = session
 
     def predict(self, *data, api_name: str):
         name = api_name.strip("/")
-        response = self.http.post(f"{self.url}/gradio_api/call/{name}", json={"data": list(data)})
+        body = {"data": list(data)} | ({"session_hash": self.session} if self.session else {})
+        response = self.http.post(f"{self.url}/gradio_api/call/{name}", json=body)
         response.raise_for_status()
         event_id = response.json()["event_id"]
         event = None

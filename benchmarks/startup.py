@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import GradioHTTPClient, free_port, machine_line, markdown_table, write_section
+from benchmarks.common import GradioHTTPClient, free_port, machine_line, markdown_table, percentile_ms, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "model"
@@ -133,6 +133,7 @@ class Start:
     peak_mb: float  # VmHWM: the process's peak resident memory until then
     loaded_s: float  # what the app logged as its own loading time ("loaded N images ... in X s")
     builds: list[tuple[str, str, int, float]]  # indexes built in this start: (name, kind, vectors, seconds)
+    latency: dict[str, list[float]] | None = None  # after the first answer: seconds per /ping and /search call
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -173,8 +174,27 @@ def first_answer(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"no answer from {url} within {timeout:.0f} s")
 
 
-def timed_start(folder: Path, log_path: Path, timeout: float) -> Start:
-    """Start ``python app.py`` over the workdir's gallery; time and measure it until it answers, then stop it."""
+def query_latency(url: str, queries: int) -> dict[str, list[float]]:
+    """Seconds per call of ``/ping`` and of ``/search`` (k = 12), one client through Gradio's HTTP API,
+    without a session (as curl) and with one kept across calls (as a browser tab or gradio_client)."""
+    words = ["apple", "flag", "telephone", "clock", "house", "car", "tree", "star", "guitar", "bird"]
+    latency: dict[str, list[float]] = {}
+    for session in (None, f"startup-{time.time_ns()}"):
+        client = GradioHTTPClient(url, session=session)
+        for endpoint in ("/ping", "/search"):
+            samples = []
+            for number in range(queries + 5):  # the first five warm the path up
+                arguments = () if endpoint == "/ping" else (f"a {words[number % len(words)]} number {number}", 12)
+                start = time.perf_counter()
+                client.predict(*arguments, api_name=endpoint)
+                samples.append(time.perf_counter() - start)
+            latency[f"{endpoint}, {'a session' if session else 'no session'}"] = samples[5:]
+    return latency
+
+
+def timed_start(folder: Path, log_path: Path, timeout: float, queries: int = 0) -> Start:
+    """Start ``python app.py`` over the workdir's gallery; time and measure it until it answers (then time
+    ``queries`` calls of /ping and /search), then stop it."""
     port = free_port()
     command = [sys.executable, "app.py", f"--model={MODEL}", f"--gallery={folder / 'gallery'}",
                f"--data_dir={folder / 'data'}", f"--port={port}"]  # fmt: skip
@@ -185,6 +205,7 @@ def timed_start(folder: Path, log_path: Path, timeout: float) -> Start:
             first_answer(f"http://127.0.0.1:{port}", process, timeout)
             seconds = time.perf_counter() - start
             rss, peak = memory_mb(process.pid)
+            latency = query_latency(f"http://127.0.0.1:{port}/", queries) if queries else None
         finally:
             process.terminate()
             try:
@@ -194,7 +215,7 @@ def timed_start(folder: Path, log_path: Path, timeout: float) -> Start:
                 process.wait()
     found = LOADED_LINE.findall(log_path.read_text())
     builds = [(name, kind, int(n), float(s)) for name, kind, n, s in BUILT_LINE.findall(log_path.read_text())]
-    return Start(seconds, rss, peak, float(found[-1][1]) if found else float("nan"), builds)
+    return Start(seconds, rss, peak, float(found[-1][1]) if found else float("nan"), builds, latency)
 
 
 def report(size: int, info: dict, warm: Start, starts: list[Start], command: str) -> str:
@@ -205,6 +226,16 @@ def report(size: int, info: dict, warm: Start, starts: list[Start], command: str
     table = markdown_table(["start", "s to first /search answer", "s loading (app log)", "RSS MB", "peak RSS MB"], rows)
     best = min(s.seconds for s in starts)
     worst_peak = max(s.peak_mb for s in starts)
+    latency = starts[-1].latency
+    queries = ""
+    if latency:
+        rows = [[name, len(samples), percentile_ms(samples, 50), percentile_ms(samples, 99)]
+                for name, samples in latency.items()]  # fmt: skip
+        queries = f"""
+Queries after the last start answered, one client on loopback through Gradio's HTTP API (k = 12):
+
+{markdown_table(["call", "calls", "p50 ms", "p99 ms"], rows)}
+"""
     return f"""## Start-up at scale
 
 `{command}` · {machine_line()} · a gallery of {size:,} images in {info["shards"]} parquet shards
@@ -221,7 +252,7 @@ finds no stored index: it builds and saves them, as a first deployment does once
 {table}
 
 Fastest start {best:.1f} s, highest peak RSS {worst_peak:,.0f} MB.
-"""
+{queries}"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "cache" / "startup", help="where the gallery is kept")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a start may take")
     parser.add_argument("--build-only", action="store_true", help="build the gallery and embeddings, start nothing")
+    parser.add_argument("--queries", type=int, default=200, help="/ping and /search calls timed after the last start")
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args(argv)
     folder = args.workdir / str(args.images)
@@ -243,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm-up start (index build): {warm}", flush=True)
     starts = []
     for number in range(args.starts):
-        starts.append(timed_start(folder, folder / f"start-{number + 1}.log", args.timeout))
+        queries = args.queries if number == args.starts - 1 else 0
+        starts.append(timed_start(folder, folder / f"start-{number + 1}.log", args.timeout, queries))
         print(f"start {number + 1}: {starts[-1]}", flush=True)
     default = ROOT / "cache" / "startup"
     shown = [a for a in (argv if argv is not None else sys.argv[1:])]
