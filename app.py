@@ -90,6 +90,11 @@ MAX_UPLOAD = os.environ.get("VSE_MAX_UPLOAD", "10mb")  # larger uploads are refu
 CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older than an hour
 EXAMPLE_QUERIES = 6
 # Gallery image files kept for the browser (vse/serving/thumbnails.py); the least recently shown go beyond this.
+# Galleries up to this many images compute their review queue in the background as soon as they
+# are loaded (seconds); larger ones on the first review request, which is told to come back. At a
+# million images it takes 30-50 s and 1.4-1.8 GB while it runs (docs/PERFORMANCE.md), which at
+# start would slow the first searches and lift resident memory past 3 GB.
+EAGER_REVIEW_QUEUE_MAX = 200_000
 THUMBNAIL_CACHE_BYTES = int(float(os.environ.get("VSE_THUMBNAIL_CACHE_MB", "2000")) * 1e6)
 SUGGEST_WRONG = 0.5  # tags at least this likely wrong are shown ticked (the suggested verdict)
 MAX_TAGS_PER_REVIEW = 200
@@ -281,7 +286,9 @@ class VSEApp:
         """The review queue (gallery rows, the review worth most first), waiting for it if need be.
 
         ``create`` starts computing it in the background as soon as the service is
-        loaded; review handlers use ``ready_queue``, which waits a bounded time."""
+        loaded (galleries up to ``EAGER_REVIEW_QUEUE_MAX`` images; larger ones on the
+        first review request); review handlers use ``ready_queue``, which waits a
+        bounded time."""
         return self.service.review_queue()
 
     def ready_queue(self) -> list[int]:
@@ -294,7 +301,8 @@ class VSEApp:
     @classmethod
     def create(cls, config: AppConfig, progress: Progress | None = None) -> VSEApp:
         service = RetrievalService.load(config.model, config.gallery, config.data_dir, config.index, progress)
-        service.start_review_queue()  # in the background: the search is served at once
+        if len(service.gallery) <= EAGER_REVIEW_QUEUE_MAX:
+            service.start_review_queue()  # in the background: the search is served at once
         store = FeedbackStore(os.path.join(config.data_dir, "votes.db"))
         backup = None
         if config.backup:  # restores every backed-up vote before the app serves anyone

@@ -224,3 +224,26 @@ def test_app_serves_search_while_the_queue_is_prepared(monkeypatch, tmp_path):
             assert "wrong tags expected" in opened[3] and all(control["interactive"] for control in opened[-4:])
     finally:
         release.set()
+
+
+@pytest.mark.slow
+def test_a_large_gallery_computes_its_queue_on_the_first_review_request(monkeypatch, tmp_path):
+    """Past EAGER_REVIEW_QUEUE_MAX images nothing is computed at start (memory and the first searches
+    stay free of it); the first review request starts it and gets the queue once ready."""
+    from gradio_client import Client
+
+    import app as app_module
+    from vse.testing.app_runner import ASSETS, running_app
+
+    if not (ASSETS / "model" / "config.json").is_file():
+        pytest.skip("assets/ not built")
+    started = []
+    start = RetrievalService.start_review_queue
+    monkeypatch.setattr(RetrievalService, "start_review_queue", lambda self: started.append(1) or start(self))
+    monkeypatch.setattr(app_module, "EAGER_REVIEW_QUEUE_MAX", 100)  # the demo's 6,708 images count as large
+    with running_app(tmp_path) as (url, app):
+        client = Client(url, verbose=False)
+        assert len(client.predict("a red apple", 3, api_name="/search")[0]) == 3
+        assert not started  # nothing at start
+        task = client.predict("first-reviewer", api_name="/review_next")
+        assert started and task["image_id"] is not None and task["queue_length"] == len(app.queue)
