@@ -163,8 +163,8 @@ def scores_of_one(data: np.ndarray, query: np.ndarray) -> np.ndarray:
 
     faiss's SIMD loop over the rows. A multi-threaded BLAS matrix-vector product is
     as fast on a quiet machine, but its threads wait for each other whenever the
-    cores are busy (other requests, other processes): on 2 shared cores its p90 at
-    6,708 × 256 was 12 ms against 0.1 ms here (docs/PERFORMANCE.md).
+    cores are busy (other requests, other processes): in a profile of the app under
+    load it took 5 ms of a search over 6,708 images (docs/PERFORMANCE.md).
     """
     import faiss
 
