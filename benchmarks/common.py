@@ -127,13 +127,31 @@ class GradioHTTPClient:
         event = None
         with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event_id}") as stream:
             for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    if event == "error":
-                        raise RuntimeError(f"{api_name} failed: {line}")
-                    return json.loads(line.removeprefix("data:"))
-        raise RuntimeError(f"{api_name}: the stream ended without a result")
+                event, result = read_event_line(line, event, api_name)
+                if result is not NO_RESULT:
+                    return result
+        raise CallFailed(f"{api_name}: the stream ended without a result")
+
+
+NO_RESULT = object()
+
+
+class CallFailed(RuntimeError):
+    """The app answered a call with an error event, or the stream ended without a result."""
+
+
+def read_event_line(line: str, event: str | None, api_name: str) -> tuple[str | None, object]:
+    """One line of a call's event stream: (the event now being read, its result or ``NO_RESULT``).
+
+    ``CallFailed`` on an error event (its data line is the app's message).
+    """
+    if line.startswith("event:"):
+        return line.removeprefix("event:").strip(), NO_RESULT
+    if line.startswith("data:") and event == "error":
+        raise CallFailed(f"{api_name} failed: {line[:200]}")
+    if line.startswith("data:") and event == "complete":
+        return event, json.loads(line.removeprefix("data:"))
+    return event, NO_RESULT
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

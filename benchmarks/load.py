@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import subprocess
@@ -30,17 +29,22 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import free_port, machine_line, markdown_table, percentile_ms, write_section
+from benchmarks.common import (
+    NO_RESULT,
+    CallFailed,
+    free_port,
+    machine_line,
+    markdown_table,
+    percentile_ms,
+    read_event_line,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
 QUERIES = ["a red apple", "a flag with a star", "a telephone", "a clock", "a house", "a guitar", "a car", "a bird"]
 ACTIONS = ("search", "upload", "vote")
 TARGET_P99_S = 1.0  # /search p99 the scale issue asks for under 32 mixed clients
-
-
-class CallFailed(RuntimeError):
-    """The app answered a call with an error event, or the stream ended without a result."""
 
 
 async def call(http, url: str, api: str, data: list, session: str) -> list:
@@ -55,12 +59,9 @@ async def call(http, url: str, api: str, data: list, session: str) -> list:
     event = None
     async with http.stream("GET", f"{url}gradio_api/call/{api}/{event_id}") as stream:
         async for line in stream.aiter_lines():
-            if line.startswith("event:"):
-                event = line.removeprefix("event:").strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                if event == "error":
-                    raise CallFailed(f"{api}: {line[:200]}")
-                return json.loads(line.removeprefix("data:"))
+            event, result = read_event_line(line, event, api)
+            if result is not NO_RESULT:
+                return result
     raise CallFailed(f"{api}: the stream ended without a result")
 
 
