@@ -155,3 +155,41 @@ def test_a_good_gallery_costs_one_decode(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", lambda *a, **k: decoded.append(1) or real(*a, **k))
     gallery, _ = load_gallery(tmp_path / "gallery")
     assert len(gallery) == 20 and len(decoded) == 1
+
+
+# ------------------------------------------------------------------ datasets sources served from disk
+def test_an_image_folder_is_written_once_as_shards_and_served_from_them(tmp_path):
+    """With a state folder a datasets source becomes shards named by the dataset's fingerprint: the same
+    items and fingerprint as read into memory, written once, rewritten when the folder changes."""
+    from vse.serving.gallery_shards import ShardImages
+
+    folder = image_folder(tmp_path / "images", {"a.png": png("red"), "b.png": png("blue", "square")})
+    in_memory, skipped_in_memory = load_gallery(folder)
+    served, skipped = load_gallery(folder, state_dir=tmp_path / "state")
+    assert isinstance(served._images, ShardImages)  # images are read from the shards when asked for
+    assert skipped == skipped_in_memory == {}
+    assert list(served.items) == list(in_memory.items) and served.fingerprint == in_memory.fingerprint
+    (written,) = (tmp_path / "state" / "datasets").iterdir()
+    shards = sorted(written.glob("gallery-*.parquet"))
+    stamps = [shard.stat().st_mtime_ns for shard in shards]
+    again, _ = load_gallery(folder, state_dir=tmp_path / "state")
+    assert list(again.items) == list(in_memory.items)
+    assert [shard.stat().st_mtime_ns for shard in sorted(written.glob("gallery-*.parquet"))] == stamps  # not rewritten
+    (folder / "c.png").write_bytes(png("green", "triangle"))
+    grown, _ = load_gallery(folder, state_dir=tmp_path / "state")
+    assert len(grown) == 3 and len(list((tmp_path / "state" / "datasets").iterdir())) == 2
+    assert not [p for p in (tmp_path / "state" / "datasets").iterdir() if p.name.startswith(".")]  # no partial left
+
+
+def test_rows_a_datasets_source_skips_are_counted_when_served_from_shards(tmp_path):
+    import datasets
+
+    images = [png("red"), png("blue", "square"), None, png("green", "triangle")]
+    dataset = datasets.Dataset.from_dict({"id": ["x", "x", "y", "z"], "image": images, "caption": ["a", "b", "c", "d"]})
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    in_memory, expected = load_gallery(tmp_path / "saved")
+    assert expected == {"duplicate id": 1, "missing image": 1}
+    for _ in range(2):  # written, then read back with its counts
+        served, skipped = load_gallery(tmp_path / "saved", state_dir=tmp_path / "state")
+        assert skipped == expected and list(served.items) == list(in_memory.items)
+        assert [item.captions for item in served.items] == [["a"], ["d"]]

@@ -11,7 +11,10 @@ and ``.fingerprint.json``: the gallery's fingerprint with the stamps of the
 shards it was computed from (``vse.serving.gallery_fingerprint``), so that a start
 need not hash every image.  Shards are served from disk (``vse.serving.gallery_shards``):
 opening a gallery reads its metadata columns; an image is read from its shard
-when it is shown or embedded.  Other sources (``datasets``) are read into memory.
+when it is shown or embedded.  Other sources (``datasets``) are written once as
+shards below the service's state folder, named by the dataset's fingerprint, and
+served from there (``gallery_from_datasets``); without a state folder they are
+read into memory.
 
 An embeddings file (``embeddings.safetensors``) stores float16 image embeddings
 in gallery order and caption embeddings in caption-pool order; its metadata
@@ -25,11 +28,14 @@ gallery none of whose images decodes, before anything is indexed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,7 @@ GALLERY_COLUMNS = ("id", "image", "title", "captions", "tags", "category", "spli
 SHARD_BYTES = 8_000_000  # stays under the 10 MB a Space file may have without LFS
 EMBEDDINGS_FILE = "embeddings.safetensors"
 SHARD_PATTERN = "gallery-*.parquet"
+SKIPPED_NAME = "skipped.json"  # beside the shards written from a datasets source: rows skipped by reason
 # File types an image folder gallery may hold (as datasets' imagefolder reads them).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 # How many files and folders an image folder gallery may hold: the scan for images
@@ -559,7 +566,18 @@ def _image_bytes(value) -> bytes:
 
 def gallery_from_rows(rows: Iterable[dict]) -> tuple[Gallery, dict[str, int]]:
     """Gallery items from rows of any source; returns skip counts by reason."""
-    items, skipped, seen = [], collections.Counter(), set()
+    skipped: collections.Counter = collections.Counter()
+    items = [GalleryItem(*(row[column] for column in GALLERY_COLUMNS)) for row in clean_rows(rows, skipped)]
+    return Gallery(items), dict(skipped)
+
+
+def clean_rows(rows: Iterable[dict], skipped: collections.Counter) -> Iterator[dict]:
+    """Rows of any source as gallery rows (``GALLERY_COLUMNS``, image bytes), one at a time.
+
+    A row without an id is named by its position; a repeated id, a missing or an
+    empty image is skipped and counted in ``skipped`` by reason.
+    """
+    seen = set()
     for index, row in enumerate(rows):
         image_id = str(row.get("id") if row.get("id") is not None else f"row-{index}")
         if image_id in seen:
@@ -574,10 +592,41 @@ def gallery_from_rows(rows: Iterable[dict]) -> tuple[Gallery, dict[str, int]]:
             skipped["empty image"] += 1
             continue
         seen.add(image_id)
-        captions = _string_list(row.get("captions", row.get("caption")))
-        items.append(GalleryItem(image_id, data, str(row.get("title") or ""), captions, _string_list(row.get("tags")),
-                                 str(row.get("category") or ""), str(row.get("split") or "")))  # fmt: skip
-    return Gallery(items), dict(skipped)
+        yield {"id": image_id, "image": data, "title": str(row.get("title") or ""),
+               "captions": _string_list(row.get("captions", row.get("caption"))),
+               "tags": _string_list(row.get("tags")), "category": str(row.get("category") or ""),
+               "split": str(row.get("split") or "")}  # fmt: skip
+
+
+def gallery_from_datasets(source: str | Path, state_dir: Path) -> tuple[Gallery, dict[str, int]]:
+    """A ``datasets`` source served from disk: written once as gallery shards below ``state_dir``.
+
+    The shards are named by the dataset's own fingerprint (``datasets`` changes it
+    when the data does), written to a temporary folder while the rows stream through
+    ``clean_rows`` and renamed into place when complete, with the skip counts beside
+    them; later starts open them (the metadata columns only) without reading the
+    images again.
+    """
+    dataset = rows_from_datasets(source)
+    folder = state_dir / "datasets" / dataset._fingerprint
+    counts = folder / SKIPPED_NAME
+    if not counts.is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            skipped: collections.Counter = collections.Counter()
+            write_gallery(clean_rows(dataset, skipped), partial)
+            (partial / SKIPPED_NAME).write_text(json.dumps(dict(skipped)))
+            with contextlib.suppress(OSError):  # another start wrote it meanwhile: theirs is kept
+                os.replace(partial, folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    shards = sorted(folder.glob(SHARD_PATTERN))
+    skipped_counts = json.loads(counts.read_text())
+    if not shards:
+        return Gallery([]), skipped_counts
+    gallery, _ = open_shard_gallery(shards, state_dir)
+    return gallery, skipped_counts
 
 
 def count_images(folder: Path, limit: int = MAX_FOLDER_ENTRIES) -> int:
@@ -701,7 +750,10 @@ def load_gallery(source: str | Path, state_dir: str | Path | None = None) -> tup
         gallery, skipped = open_shard_gallery(shards, Path(state_dir) if state_dir is not None else None)
     else:
         check_gallery_source(source)
-        gallery, skipped = gallery_from_rows(rows_from_datasets(source))
+        if state_dir is not None:
+            gallery, skipped = gallery_from_datasets(source, Path(state_dir))
+        else:
+            gallery, skipped = gallery_from_rows(rows_from_datasets(source))
     if not len(gallery):
         raise GalleryError(f"the gallery {source} holds no images (rows skipped: {skipped or 'none'})")
     require_a_readable_image(gallery, source)
