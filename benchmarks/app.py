@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as data_dir:
         store = FeedbackStore(Path(data_dir) / "votes.db")
         app = app_module.VSEApp(service, store, app_module.AppConfig(data_dir=data_dir))
+        app.queue  # noqa: B018 - the review queue, computed before any timing (a page load would start it)
         demo = app_module.queued(app_module.build_ui(app))
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
