@@ -2,16 +2,20 @@
 and on synthetic ones from 10k to 1M vectors.
 
     python -m benchmarks.search [--sizes 10000 100000 1000000] [--dim 256] [--kinds ...]
-                                [--views 2] [--no-corpora]
+                                [--views 2] [--no-corpora] [--stand-in 1000000]
 
 Real embeddings (when assets/ is built): the demo gallery's images queried by its
 captions; the images and ``--views`` augmented copies of each, encoded by the demo
 model, queried by captions; and a pool of every real embedding (images, views,
 captions, tag lists, and, where data/ holds the development corpora, the model's
 encodings of their every caption, title, tag list and tag) queried by held-out rows.
-Synthetic: clustered unit vectors of the model's dimension.  For each set and index
-kind: build time, memory, single-query p50/p99 latency, batch throughput and
-recall@10 against exact search; beside exact search, the memory-bandwidth bound
+With ``--stand-in N``: N image embeddings made as the start-up benchmark makes them
+(the demo's, repeated, plus Gaussian noise), queried by the demo's captions.
+Synthetic: clustered unit vectors of the model's dimension.  Each index is built as the
+app builds it: its search settings calibrated (``vse.serving.index.calibrate_search``)
+on a sample of queries held apart from the ones it is measured on.  For each set and
+index kind: build time (calibration included), the settings chosen, memory,
+single-query p50/p99 latency, batch throughput and recall@10 against exact search; beside exact search, the memory-bandwidth bound
 N·d·4 bytes ÷ the streaming read bandwidth measured in the same run.  Writes the
 "search" section of docs/PERFORMANCE.md and docs/perf_search.png.
 """
@@ -36,11 +40,13 @@ from benchmarks.common import (
     write_section,
 )
 from vse.serving.index import (
+    CALIBRATION_QUERIES,
     EXACT_MAX,
     FACTORY,
     HNSW_BUILD_DEPTH,
     HNSW_NEIGHBOURS,
     MEMORY_SHARE,
+    RECALL_TARGET,
     RERANK_FACTOR,
     RERANK_PROBE_SHARE,
     build_index,
@@ -48,7 +54,6 @@ from vse.serving.index import (
     exact_search,
     factory_string,
     hnsw_bytes,
-    hnsw_search_depth,
 )
 
 KINDS = ("exact", *FACTORY)
@@ -88,9 +93,11 @@ def tie_aware_recall(data: np.ndarray, queries: np.ndarray, found: np.ndarray, t
     return float(np.mean(np.minimum(hits.sum(axis=1), truth.shape[1]) / truth.shape[1]))
 
 
-def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, calibration: np.ndarray) -> dict:
+    """One index of ``kind`` over ``data``, its settings calibrated on ``calibration`` (queries
+    held apart from ``queries``), measured on ``queries`` against ``truth``."""
     start = time.perf_counter()
-    index = build_index(data, kind)
+    index = build_index(data, kind, queries=calibration)
     build = time.perf_counter() - start
 
     def search(q: np.ndarray) -> np.ndarray:
@@ -115,14 +122,27 @@ def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray)
         "qps_batch": throughput,
         "recall@10": tie_aware_recall(data, queries, found, truth),
         "id_recall@10": recall_at(found, truth),
+        "settings": settings_text(index),
     }
 
 
-def run_size(name: str, data: np.ndarray, queries: np.ndarray, kinds: tuple[str, ...]) -> list[dict]:
+def settings_text(index) -> str:
+    """The search settings an index was measured at, and the recall its calibration saw."""
+    from vse.serving.index import search_settings_of
+
+    settings = ", ".join(f"{name} {value}" for name, value in search_settings_of(index).items())
+    if index.calibration is None:
+        return settings or "–"
+    return f"{settings} (calibrated: {index.calibration.recall:.3f})"
+
+
+def run_size(
+    name: str, data: np.ndarray, queries: np.ndarray, calibration: np.ndarray, kinds: tuple[str, ...]
+) -> list[dict]:
     truth = ground_truth(data, queries)
     rows = []
     for kind in kinds:
-        row = measure(kind, data, queries, truth)
+        row = measure(kind, data, queries, truth, calibration)
         row["data"] = name
         rows.append(row)
         print(f"{name:>14} {kind:>9}: build {row['build_s']:7.2f}s  mem {row['memory_mb']:8.1f} MB  "
@@ -259,8 +279,18 @@ def sample_rows(vectors: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndar
     return vectors[order[count:]], vectors[order[:count]]
 
 
-def real_sets(views: int, use_corpora: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, data, queries) of real embeddings, when assets exist:
+def query_split(texts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(measured queries, calibration queries): up to BATCH_QUERIES rows and CALIBRATION_QUERIES
+    other rows of ``texts``."""
+    rest, calibration = sample_rows(texts, min(CALIBRATION_QUERIES, len(texts) // 2), seed)
+    return sample_rows(rest, min(BATCH_QUERIES, len(rest)), seed + 1)[1], calibration
+
+
+Dataset = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # name, data, measured queries, calibration queries
+
+
+def real_sets(views: int, use_corpora: bool) -> list[Dataset]:
+    """(name, data, queries, calibration queries) of real embeddings, when assets exist:
 
     - the demo's images, queried by its captions (as the app searches);
     - the gallery images and their augmented views, queried by captions: the app's
@@ -276,13 +306,25 @@ def real_sets(views: int, use_corpora: bool) -> list[tuple[str, np.ndarray, np.n
     captions = distinct(np.concatenate([assets["captions"], extra.get("captions", assets["captions"][:0])]))
     images = distinct(np.concatenate([assets["images"], *([extra["augmented"]] if "augmented" in extra else [])]))
     texts = [assets["tags"], *([extra["texts"]] if "texts" in extra else [])]
-    pool, held = sample_rows(distinct(np.concatenate([images, captions, *texts])), BATCH_QUERIES)
-    queries = sample_rows(captions, min(BATCH_QUERIES, len(captions)))[1]
+    pool, held = sample_rows(distinct(np.concatenate([images, captions, *texts])), BATCH_QUERIES + CALIBRATION_QUERIES)
     return [
-        (f"demo {len(assets['images']):,} caption→image", assets["images"], assets["captions"][:BATCH_QUERIES]),
-        (f"real {len(images):,} caption→image ({source})", images, queries),
-        (f"real {len(pool):,} pool→pool ({source})", pool, held),
+        (f"demo {len(assets['images']):,} caption→image", assets["images"], *query_split(assets["captions"])),
+        (f"real {len(images):,} caption→image ({source})", images, *query_split(captions)),
+        (f"real {len(pool):,} pool→pool ({source})", pool, held[:BATCH_QUERIES], held[BATCH_QUERIES:]),
     ]
+
+
+def stand_in_set(size: int) -> list[Dataset]:
+    """``size`` image embeddings made as ``benchmarks.startup`` makes its gallery's (the demo's,
+    repeated, plus noise), queried by the demo's captions; empty without assets."""
+    from benchmarks.startup import copy_positions, noisy_rows
+
+    assets = assets_embeddings()
+    if assets is None:
+        return []
+    positions = copy_positions(size, len(assets["images"]))[1]
+    images = noisy_rows(assets["images"], positions, np.random.default_rng(0))
+    return [(f"stand-in {size:,} caption→image", images, *query_split(assets["captions"]))]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -301,11 +343,23 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def report(rows: list[dict], bandwidth: float, dim: int, command: str) -> str:
     table = markdown_table(
-        ["data", "index", "build s", "memory MB", "p50 ms", "p99 ms", "batch q/s", "recall@10", "id recall@10"],
+        [
+            "data",
+            "index",
+            "search settings",
+            "build s",
+            "memory MB",
+            "p50 ms",
+            "p99 ms",
+            "batch q/s",
+            "recall@10",
+            "id recall@10",
+        ],  # fmt: skip
         [
             [
                 r["data"],
                 r["kind"],
+                r["settings"],
                 r["build_s"],
                 r["memory_mb"],
                 r["p50_ms"],
@@ -342,9 +396,11 @@ matrix). The auto choice is exact search up to {EXACT_MAX:,} vectors, HNSW beyon
 estimated memory ({hnsw_bytes(1_000_000, dim) / 1e9:.2f} GB per million vectors here) fits a budget
 ({MEMORY_SHARE:g} of the machine's memory by default), then the compressed `ivfpq-rerank` (see its sweep below);
 HNSW is built
-(M {HNSW_NEIGHBOURS}, efConstruction {HNSW_BUILD_DEPTH}, efSearch {hnsw_search_depth(EXACT_MAX + 1)} up to
-100k vectors and {hnsw_search_depth(1_000_000)} up to 1M); the "hnsw" rows use the same settings at every size
-(efSearch by size).
+with M {HNSW_NEIGHBOURS} and efConstruction {HNSW_BUILD_DEPTH}. Every index's search settings (HNSW's efSearch;
+the compressed kind's nprobe and re-rank factor) are chosen as the app chooses them: the cheapest
+setting whose recall@10 reaches {RECALL_TARGET:g} on {CALIBRATION_QUERIES} calibration queries held apart from the
+measured ones (else the cheapest within 0.005 of the best); "search settings" names the choice
+and the recall the calibration saw. The build time includes the calibration.
 
 {table}
 
@@ -365,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--no-report", action="store_true", help="print only")
     parser.add_argument("--sweep", action="store_true", help="recall of ivfpq-rerank by nprobe and re-rank factor")
+    parser.add_argument("--stand-in", type=int, nargs="*", default=[], metavar="N",
+                        help="also N stand-in image embeddings (the start-up benchmark's), queried by captions")  # fmt: skip
     args = parser.parse_args(argv)
     if args.sweep:
         return sweep_main(args, argv)
@@ -372,12 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"streaming read bandwidth: {bandwidth:.1f} GB/s")
     rows = []
     kinds = tuple(args.kinds)
-    for name, data, queries in real_sets(args.views, use_corpora=not args.no_corpora):
-        rows += run_size(name, data, queries, kinds)
+    for name, data, queries, calibration in real_sets(args.views, use_corpora=not args.no_corpora):
+        rows += run_size(name, data, queries, calibration, kinds)
+    for size in args.stand_in:
+        for name, data, queries, calibration in stand_in_set(size):
+            rows += run_size(name, data, queries, calibration, kinds)
+            del data
     for size in args.sizes:
-        both = clustered(size + BATCH_QUERIES, args.dim, seed=size)
-        data, queries = both[:size], both[size:]
-        rows += run_size(f"clustered {size:,}", data, queries, kinds)
+        both = clustered(size + BATCH_QUERIES + CALIBRATION_QUERIES, args.dim, seed=size)
+        data, queries, calibration = both[:size], both[size : size + BATCH_QUERIES], both[size + BATCH_QUERIES :]
+        rows += run_size(f"clustered {size:,}", data, queries, calibration, kinds)
         del both, data
     if not args.no_report:
         threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
@@ -403,8 +465,9 @@ def sweep_report(rows: list[dict], command: str) -> str:
 dimensions): IVF lists of 8-bit PQ codes shortlist re-rank factor × k candidates, which are
 scored again with 8-bit scalar-quantised vectors. Lists: 4·√N, at most N/39 (k-means wants ~39
 training points per list). Recall@10 as in the search table, against exact search; time per
-query from one batch call. The chosen settings: nprobe {RERANK_PROBE_SHARE:g} of the lists,
-re-rank factor {RERANK_FACTOR}.
+query from one batch call. Where no calibration queries are given, the index answers with
+nprobe {RERANK_PROBE_SHARE:g} of the lists and re-rank factor {RERANK_FACTOR}; the app calibrates them by measured
+recall (the search table above shows the settings chosen).
 
 {table}
 
@@ -415,7 +478,7 @@ re-rank factor {RERANK_FACTOR}.
 def sweep_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     """``--sweep``: the compressed kind's recall by nprobe and re-rank factor, on the same sets."""
     rows = []
-    for name, data, queries in real_sets(args.views, use_corpora=not args.no_corpora):
+    for name, data, queries, _ in real_sets(args.views, use_corpora=not args.no_corpora):
         rows += sweep(name, data, queries)
     for size in args.sizes:
         both = clustered(size + BATCH_QUERIES, args.dim, seed=size)

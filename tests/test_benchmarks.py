@@ -20,7 +20,7 @@ def docs_digest() -> str:
     "module, argv",
     [
         ("encoding", ["--images", "8", "--sentences", "40", "--rounds", "2"]),
-        ("search", ["--sizes", "2000", "--dim", "32", "--views", "0", "--no-corpora"]),
+        ("search", ["--sizes", "2000", "--dim", "32", "--views", "0", "--no-corpora", "--stand-in", "3000"]),
         ("training", ["--sizes", "1000", "2000"]),
         ("cache", ["--sizes", "16", "32"]),
         ("durability", ["--writers", "2", "--votes", "20"]),

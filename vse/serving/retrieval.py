@@ -33,7 +33,7 @@ from vse.images import ImageLoadError, load_image
 from vse.model import VSEModel
 from vse.serving.engine_index import VectorIndex, connect, is_engine_url, load_or_fill_index, parse_index_url
 from vse.serving.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
-from vse.serving.index import IndexStore, load_or_build_index
+from vse.serving.index import IndexStore, calibration_queries, load_or_build_index
 from vse.suspicion import FlatTags, TagPairs, TagSuspicion, tag_suspicion
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,13 @@ class RetrievalService:
         self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
         # One engine client for both indexes: local mode locks its folder to one client.
         self.engine = connect(parse_index_url(index_kind)) if is_engine_url(index_kind) else None
-        self.image_index: VectorIndex = self._index("image", embeddings.images, index_kind, index_store)
-        self.caption_index: VectorIndex = self._index("caption", embeddings.captions, index_kind, index_store)
+        # Each index's search settings are calibrated on the other modality, the queries it serves:
+        # texts (captions, else tag lists) search the images, images search the captions.
+        texts = embeddings.captions if len(embeddings.captions) or embeddings.tags is None else embeddings.tags
+        self.image_index: VectorIndex = self._index("image", embeddings.images, texts, index_kind, index_store)
+        self.caption_index: VectorIndex = self._index(
+            "caption", embeddings.captions, embeddings.images, index_kind, index_store
+        )
         self._review: Future[ReviewQueue] | None = None  # the review queue, computed once (start_review_queue)
         self._review_lock = threading.Lock()
 
@@ -220,12 +225,17 @@ class RetrievalService:
         built.save(cache)
         return built
 
-    def _index(self, name: str, vectors: torch.Tensor, kind: str, store: IndexStore | None) -> VectorIndex:
+    def _index(
+        self, name: str, vectors: torch.Tensor, queries: torch.Tensor, kind: str, store: IndexStore | None
+    ) -> VectorIndex:
         digests = {"name": name, "model": self.revision, "gallery": self.embeddings.gallery}
         if self.engine is not None:
             local = parse_index_url(kind).mode != "server"
             return load_or_fill_index(self.engine, vectors.numpy(), local=local, **digests)
-        return load_or_build_index(vectors.numpy(), kind, store=store, **digests)
+        sample = calibration_queries(queries.numpy())
+        return load_or_build_index(
+            vectors.numpy(), kind, store=store, queries=sample if len(sample) else None, **digests
+        )
 
     def close(self) -> None:
         """Release the engine's client (local mode: its folder's lock); the faiss kinds hold nothing to release."""
