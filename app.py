@@ -50,6 +50,7 @@ from gradio.utils import get_upload_folder
 from training.configuration import CommandLine, run_command
 from vse.cli import USER_ERRORS
 from vse.images import ImageLoadError
+from vse.model import QUERY_PRECISIONS
 from vse.serving.engine_index import EngineError, check_index_setting
 from vse.serving.feedback import FeedbackStore, RateLimited, VoteError, clean_user_name, majority_table
 from vse.serving.gallery import GalleryItem
@@ -221,6 +222,11 @@ class AppConfig:
         metadata={"help": f"faiss index kind, one of {INDEX_KINDS}, or qdrant+http://HOST:PORT, qdrant+file:FOLDER, "
                   "qdrant+memory: (vse.serving.engine_index)"},
     )  # fmt: skip
+    query_precision: str = field(
+        default="int8",
+        metadata={"help": f"how a search query is encoded, one of {QUERY_PRECISIONS}: int8 runs the quantised "
+                  "copy of a frozen transformer text backbone (about twice as fast; docs/PERFORMANCE.md)"},
+    )  # fmt: skip
     votes_per_minute: int = field(default=120, metadata={"help": "votes a reviewer may cast a minute"})
     # An image leaves the review queue once this many different people reviewed it
     # (3 for majority voting over three reviewers).
@@ -239,6 +245,8 @@ class AppConfig:
 
     def __post_init__(self) -> None:
         check_index_setting(self.index)
+        if self.query_precision not in QUERY_PRECISIONS:
+            raise ValueError(f"query_precision must be one of {QUERY_PRECISIONS}, got {self.query_precision!r}")
         if self.votes_per_minute < 1 or self.reviews_per_image < 1 or self.backup_seconds <= 0:
             raise ValueError("votes_per_minute and reviews_per_image must be at least 1, backup_seconds positive")
 
@@ -253,6 +261,7 @@ APP_COMMAND_LINE = CommandLine(
         "gallery": "VSE_GALLERY",
         "data_dir": "VSE_DATA_DIR",
         "index": "VSE_INDEX",
+        "query_precision": "VSE_QUERY_PRECISION",
         "votes_per_minute": "VSE_VOTES_PER_MINUTE",
         "reviews_per_image": "VSE_REVIEWS_PER_IMAGE",
         "backup": "VSE_FEEDBACK_REPO",
@@ -300,7 +309,9 @@ class VSEApp:
 
     @classmethod
     def create(cls, config: AppConfig, progress: Progress | None = None) -> VSEApp:
-        service = RetrievalService.load(config.model, config.gallery, config.data_dir, config.index, progress)
+        service = RetrievalService.load(
+            config.model, config.gallery, config.data_dir, config.index, progress, config.query_precision
+        )
         if len(service.gallery) <= EAGER_REVIEW_QUEUE_MAX:
             service.start_review_queue()  # in the background: the search is served at once
         store = FeedbackStore(os.path.join(config.data_dir, "votes.db"))

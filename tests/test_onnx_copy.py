@@ -398,3 +398,54 @@ def test_only_the_most_recent_graphs_are_kept(tmp_path):
     assert sorted(p.stem for p in tmp_path.glob("*.onnx")) == ["key2", "key3", "key4"]
     assert onnx_copy.cached_graph(tmp_path, "key4") == b"graph" and onnx_copy.cached_graph(tmp_path, "key0") is None
     assert onnx_copy.cached_graph(None, "key4") is None
+
+
+# ------------------------------------------------------------------ int8 search queries
+def test_int8_query_features_are_close_to_float32_but_computed_apart(text_encoder):
+    """The int8 copy: its own session, features within a few percent of the float32 copy's."""
+    texts = ["a red apple", "a flag with a star and a moon and a sun", "clock"]
+    with torch.inference_mode():
+        exact = torch.cat([text_encoder.features(text_encoder.tokenize([t])) for t in texts])
+        quantized = torch.cat([text_encoder.query_features(text_encoder.tokenize([t])) for t in texts])
+    assert text_encoder.query_copy.exported and text_encoder.query_copy.int8
+    assert not torch.equal(quantized, exact)  # really the quantised graph
+    cosine = torch.nn.functional.cosine_similarity(quantized, exact)
+    assert cosine.min() > 0.95, cosine
+
+
+def test_int8_graph_is_quantised_from_the_kept_float_graph(monkeypatch, tmp_path, text_encoder):
+    """One export serves both copies; the int8 graph is kept beside it and reused by the next start."""
+    monkeypatch.setenv(onnx_copy.CACHE_ENV, str(tmp_path))
+    batch = text_encoder.tokenize(["a red apple"])
+    with torch.inference_mode():
+        text_encoder.features(batch)
+        exports = []
+        real_export = onnx_copy.export_onnx
+        monkeypatch.setattr(onnx_copy, "export_onnx", lambda *a: exports.append(1) or real_export(*a))
+        first = text_encoder.query_features(batch)
+    assert exports == [] and sorted(p.stem.endswith("-int8") for p in tmp_path.glob("*.onnx")) == [False, True]
+    monkeypatch.setattr(onnx_copy, "quantized_int8", lambda *_: pytest.fail("quantised again"))
+    fresh = copy.deepcopy(text_encoder)  # a new process: no session yet
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh.query_features(batch), first)
+
+
+def test_a_damaged_float_graph_is_exported_again_for_the_int8_copy(monkeypatch, tmp_path, text_encoder, caplog):
+    monkeypatch.setenv(onnx_copy.CACHE_ENV, str(tmp_path))
+    batch = text_encoder.tokenize(["a red apple"])
+    with torch.inference_mode():
+        text_encoder.features(batch)
+    (kept,) = tmp_path.glob("*.onnx")
+    kept.write_bytes(b"not an onnx graph")
+    with torch.inference_mode():
+        features = text_encoder.query_features(batch)
+    assert "cannot be quantised" in caplog.text and text_encoder.query_copy.exported
+    assert not text_encoder.query_copy.failed and features.shape == (1, text_encoder.feature_dim)
+
+
+def test_int8_queries_follow_the_torch_runtime_and_training(text_encoder):
+    batch = text_encoder.tokenize(["a red apple"])
+    text_encoder.runtime = "torch"
+    with torch.inference_mode():
+        torch.testing.assert_close(text_encoder.query_features(batch), text_encoder.features(batch))
+    assert not text_encoder.query_copy.exported

@@ -146,6 +146,7 @@ class TransformerTextEncoder(nn.Module):
         object.__setattr__(self, "pooled", PooledTokens(self.backbone, pooling))
         self.runtime = check_runtime(runtime or default_runtime())
         self.onnx_copy = OnnxCopy({0: "batch", 1: "tokens"}, spin=False)  # a query's latency, beside the search
+        self.query_copy = OnnxCopy({0: "batch", 1: "tokens"}, spin=False, int8=True)  # search queries (int8)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return dict(
@@ -158,6 +159,15 @@ class TransformerTextEncoder(nn.Module):
         if set(batch) != set(inputs) or "attention_mask" not in inputs:  # an unusual tokenizer: PyTorch only
             return pool_tokens(self.backbone(**batch).last_hidden_state, batch.get("attention_mask"), self.pooling)
         return run_frozen(self.pooled, self.onnx_copy, self.runtime, inputs, self.backbone.training)
+
+    def query_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``features`` computed by the int8-quantised ONNX copy (``OnnxCopy(int8=True)``): for
+        search queries, where latency counts and an embedding within about 1% in cosine serves.
+        As ``features`` where ONNX Runtime does not run (``runtime`` "torch", training, autograd)."""
+        inputs = {name: batch[name] for name in TOKEN_INPUTS if name in batch}
+        if set(batch) != set(inputs) or "attention_mask" not in inputs:
+            return self.features(batch)
+        return run_frozen(self.pooled, self.query_copy, self.runtime, inputs, self.backbone.training)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.projection(self.features(batch))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from vse.errors import GalleryError
 from vse.hub import resolve_model_dir
 from vse.images import ImageLoadError, load_image
-from vse.model import VSEModel
+from vse.model import QUERY_PRECISIONS, VSEModel
 from vse.serving.engine_index import VectorIndex, connect, is_engine_url, load_or_fill_index, parse_index_url
 from vse.serving.gallery import Gallery, GalleryEmbeddings, embed_tag_lists, load_gallery, model_digest
 from vse.serving.index import IndexStore, calibration_queries, load_or_build_index
@@ -150,10 +150,14 @@ class RetrievalService:
         embeddings: GalleryEmbeddings,
         index_kind: str = "auto",
         index_store: IndexStore | None = None,
+        query_precision: str = "int8",
     ):
         if embeddings.images.shape[0] != len(gallery) or embeddings.captions.shape[0] != len(gallery.caption_texts):
             raise ValueError("embeddings do not match the gallery")
+        if query_precision not in QUERY_PRECISIONS:
+            raise ValueError(f"query_precision must be one of {QUERY_PRECISIONS}, got {query_precision!r}")
         self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
+        self.query_precision = query_precision  # how search_text encodes a query (VSEModel.encode_query)
         # One engine client for both indexes: local mode locks its folder to one client.
         self.engine = connect(parse_index_url(index_kind)) if is_engine_url(index_kind) else None
         # Each index's search settings are calibrated on the other modality, the queries it serves:
@@ -174,6 +178,7 @@ class RetrievalService:
         data_dir: str | Path,
         index_kind: str = "auto",
         progress: Progress | None = None,
+        query_precision: str = "int8",
     ) -> RetrievalService:
         start = time.perf_counter()
         report = progress or (lambda what, done, total: None)
@@ -192,7 +197,7 @@ class RetrievalService:
         store = IndexStore(
             cache_folder(Path(data_dir), revision, embeddings.gallery), (shipped,) if shipped is not None else ()
         )
-        service = cls(model, revision, served, embeddings, index_kind, store)
+        service = cls(model, revision, served, embeddings, index_kind, store, query_precision)
         service.warm_up()
         log.info(
             "loaded %d images (%d unreadable left out), %d captions in %.1fs",
@@ -246,12 +251,13 @@ class RetrievalService:
         """Encode one query and one image, so that one-off work (exporting the
         ONNX Runtime copies of frozen backbones) does not land on the first user."""
         self.model.encode_text(["warm up"])
+        self.model.encode_query("warm up", self.query_precision)
         if len(self.gallery):
             self.model.encode_image([self.gallery.image(0)])
 
     # ------------------------------------------------------------ queries
     def search_text(self, query: str, k: int = 12) -> list[Hit]:
-        embedding = self.model.encode_text([clean_query(query)])
+        embedding = self.model.encode_query(clean_query(query), self.query_precision)
         return self._hits(self.image_index, embedding, k)
 
     def embed_image(self, image) -> torch.Tensor:
