@@ -202,7 +202,11 @@ def test_a_stored_index_keeps_its_calibrated_settings(tmp_path):
     assert uncalibrated.origin == "built" and uncalibrated.calibration is None
 
 
-@pytest.mark.parametrize("bad", [{"settings": {"ef_search": -1}}, {"settings": "fast"}, {"recall": None}, {"k": []}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"settings": {"ef_search": -1}}, {"settings": "fast"}, {"settings": {"ef_search": True}}, {"settings": {}},
+     {"settings": {"nprobe": 4}}, {"recall": None}, {"k": []}],
+)  # fmt: skip
 def test_unreadable_stored_settings_mean_a_rebuild(tmp_path, bad, caplog):
     data, queries = clustered(3_000, 32, 100, seed=5)
     digests = {"name": "image", "model": "m", "gallery": "g", "store": IndexStore(tmp_path), "queries": queries}

@@ -349,9 +349,13 @@ class Calibration:
     @classmethod
     def from_json(cls, data: dict) -> Calibration:
         settings = data["settings"]
-        if not isinstance(settings, dict) or not all(isinstance(v, int) and v > 0 for v in settings.values()):
+        if not isinstance(settings, dict) or not settings or not all(map(_positive_int, settings.values())):
             raise ValueError(f"search settings must be positive integers, got {settings!r}")
         return cls(dict(settings), float(data["recall"]), int(data["queries"]), float(data["target"]), int(data["k"]))
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def search_cost(kind: str, settings: dict[str, int], size: int, dim: int, lists: int = 0, codes: int = 0) -> float:
@@ -606,15 +610,14 @@ def read_stored_index(path: Path, key: dict) -> SearchIndex:
     if index.ntotal != key["size"] or index.d != key["dim"]:
         raise StoredIndexError(f"{path} holds {index.ntotal} vectors of {index.d} dimensions, not the expected ones")
     calibration = None
-    if manifest.get("search") is not None:
-        try:
+    try:
+        if manifest.get("search") is not None:
             calibration = Calibration.from_json(manifest["search"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise StoredIndexError(f"the manifest beside {path} holds unreadable search settings: {err}") from err
-    if calibration is None:
-        _set_default_search_settings(index, key["kind"])
-    else:
-        apply_search_settings(index, key["kind"], calibration.settings)
+            apply_search_settings(index, key["kind"], calibration.settings)
+        else:
+            _set_default_search_settings(index, key["kind"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoredIndexError(f"the manifest beside {path} holds unreadable search settings: {err!r}") from err
     return SearchIndex(index, key["kind"], key["size"], key["dim"], origin="loaded", calibration=calibration)
 
 
