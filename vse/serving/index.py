@@ -90,8 +90,13 @@ CALIBRATION_K = 10  # recall@k it measures
 HNSW_DEPTH_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # efSearch values tried
 RERANK_PROBE_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # nprobe as a share of the lists
 RERANK_FACTORS = (5, 10, 20, 50, 100, 200, 400)  # re-rank factors tried
-# Where no setting reaches the target, the cheapest within this much of the best recall measured:
-# near the ceiling (the 8-bit re-ranking's precision) the last thousandths cost many times the work.
+# Where no setting reaches the target but the best clears RECALL_FLOOR, the cheapest within
+# RECALL_SLACK of the best: near the ceiling (the 8-bit re-ranking's precision) the last
+# thousandths cost many times the work.  Where even the best stays under the floor, the kind
+# cannot serve these queries and deeper search only costs: the size-based default is kept (HNSW
+# on the 1M stand-in set of benchmarks/startup.py reached 0.939 at efSearch 1024, and that depth
+# mapped 1 GB more of the stored graph into memory within 24 queries than efSearch 192).
+RECALL_FLOOR = 0.95
 RECALL_SLACK = 0.005
 # Share of the machine's physical memory one index may take before auto picks the compressed kind.
 MEMORY_SHARE = 0.25
@@ -411,10 +416,9 @@ def calibrate_search(
 
     Tries ``candidate_settings`` cheapest first and keeps the first whose recall@k on
     ``queries`` (against exact search over ``vectors``, the indexed rows) reaches
-    ``target``.  If none does, every candidate is measured and the cheapest within
-    RECALL_SLACK of the best recall is kept (a warning says so).  None (settings
-    untouched) for kinds without search settings to choose, or with no queries or
-    no more rows than k."""
+    ``target``.  If none does, every candidate is measured and ``choose_measured``
+    decides (a warning says so).  None (settings untouched) for kinds without search
+    settings to choose, or with no queries or no more rows than k."""
     vectors, queries = _as_float32(vectors), _as_float32(queries)
     if index.kind not in ("hnsw", "ivfpq-rerank") or not len(queries) or index.size <= k:
         return None
@@ -429,7 +433,11 @@ def calibrate_search(
         measured.append((recall_at_k(vectors, queries, index.search(queries, k)[1], kth_scores), settings))
         if measured[-1][0] >= target:
             break
-    recall, settings = choose_measured(measured, target)
+    default = default_search_settings(index.kind, index.size, lists)
+    if measured[-1][0] < target and default not in [s for _, s in measured]:
+        apply_search_settings(index.index, index.kind, default)
+        measured.append((recall_at_k(vectors, queries, index.search(queries, k)[1], kth_scores), default))
+    recall, settings = choose_measured(measured, target, default)
     apply_search_settings(index.index, index.kind, settings)
     if recall < target:
         log.warning("%s index: no setting reached recall@%d %.2f (best %.3f); kept %s at %.3f",
@@ -437,13 +445,20 @@ def calibrate_search(
     return Calibration(settings, recall, len(queries), target, k)
 
 
-def choose_measured(measured: list[tuple[float, dict[str, int]]], target: float) -> tuple[float, dict[str, int]]:
-    """From (recall, settings) pairs listed cheapest first: the first reaching ``target``, else the
-    first within RECALL_SLACK of the best recall."""
+def choose_measured(
+    measured: list[tuple[float, dict[str, int]]], target: float, default: dict[str, int] | None = None
+) -> tuple[float, dict[str, int]]:
+    """From (recall, settings) pairs listed cheapest first: the first reaching ``target``; else, if
+    the best clears RECALL_FLOOR, the first within RECALL_SLACK of it; else the ``default`` settings'
+    pair (when measured; otherwise as if the best cleared the floor)."""
     for recall, settings in measured:
         if recall >= target:
             return recall, settings
     best = max(recall for recall, _ in measured)
+    if best < RECALL_FLOOR and default is not None:
+        kept = [(r, s) for r, s in measured if s == default]
+        if kept:
+            return kept[0]
     return next((r, s) for r, s in measured if r >= best - RECALL_SLACK)
 
 
@@ -505,14 +520,20 @@ def index_key(
 
 
 def calibration_key(queries: np.ndarray | None) -> dict | None:
-    """The part of a stored index's key that names its calibration: the target, k and the queries' digest.
+    """The part of a stored index's key that names its calibration: the rule's constants, k and the queries' digest.
 
     The digest is taken over the queries rounded to float16, as embeddings are stored: a first
     start (freshly encoded float32 embeddings) and a restart (the stored float16 ones) agree."""
     if queries is None:
         return None
     digest = hashlib.sha256(_as_float32(queries).astype(np.float16).tobytes()).hexdigest()[:16]
-    return {"target": RECALL_TARGET, "k": CALIBRATION_K, "queries": digest}
+    return {
+        "target": RECALL_TARGET,
+        "floor": RECALL_FLOOR,
+        "slack": RECALL_SLACK,
+        "k": CALIBRATION_K,
+        "queries": digest,
+    }
 
 
 def key_digest(key: dict) -> str:
