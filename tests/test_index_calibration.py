@@ -13,7 +13,6 @@ import torch
 
 from vse.serving.index import (
     CALIBRATION_QUERIES,
-    RECALL_FLOOR,
     RECALL_SLACK,
     RECALL_TARGET,
     Calibration,
@@ -24,7 +23,6 @@ from vse.serving.index import (
     calibration_queries,
     candidate_settings,
     choose_measured,
-    default_search_settings,
     exact_search,
     load_or_build_index,
     recall_at_k,
@@ -58,11 +56,9 @@ def naive_recall(data: np.ndarray, queries: np.ndarray, found: np.ndarray, k: in
     )
 
 
-def naive_choice(
-    index, data, queries, candidates: list[dict], target: float, default=None, floor: float = RECALL_FLOOR
-):
+def naive_choice(index, data: np.ndarray, queries: np.ndarray, candidates: list[dict], target: float):
     """Measure every candidate, then take the cheapest (first listed) reaching the target, else the
-    cheapest within RECALL_SLACK of the best when the best clears RECALL_FLOOR, else the default."""
+    cheapest within RECALL_SLACK of the best."""
     measured = []
     for settings in candidates:
         apply_search_settings(index.index, index.kind, settings)
@@ -71,8 +67,6 @@ def naive_choice(
     if reaching:
         return reaching[0]
     best = max(m[0] for m in measured)
-    if best < floor and default is not None:
-        return [m for m in measured if m[1] == default][0]
     return [m for m in measured if m[0] >= best - RECALL_SLACK][0]
 
 
@@ -125,22 +119,16 @@ def test_the_choice_is_the_cheapest_setting_reaching_the_target(kind, target):
     assert calibration.met == (expected_recall >= target) and calibration.queries == len(queries)
 
 
-@pytest.mark.parametrize("floor", [0.0, 1.0], ids=["best clears the floor", "best under the floor"])
-def test_an_unreachable_target_keeps_a_setting_near_the_best_or_the_default_and_says_so(caplog, monkeypatch, floor):
-    monkeypatch.setattr("vse.serving.index.RECALL_FLOOR", floor)
+def test_an_unreachable_target_keeps_a_setting_near_the_best_and_says_so(caplog):
     data, queries = clustered(3_000, 32, 60, seed=2, spread=1.5)
     index = build_index(data, "ivfpq-rerank")
-    lists, codes = ivf_shape(index)
-    candidates = candidate_settings("ivfpq-rerank", index.size, index.dim, lists, codes)
-    default = default_search_settings("ivfpq-rerank", index.size, lists)
-    expected_recall, expected = naive_choice(index, data, queries, candidates, 1.01, default, floor)
+    candidates = candidate_settings("ivfpq-rerank", index.size, index.dim, *ivf_shape(index))
+    expected_recall, expected = naive_choice(index, data, queries, candidates, 1.01)
     caplog.set_level(logging.WARNING, logger="vse.serving.index")
     calibration = calibrate_search(index, data, queries, target=1.01)
     assert not calibration.met and "no setting reached recall@10" in caplog.text
     assert calibration.settings == expected and calibration.recall == pytest.approx(expected_recall)
     assert calibration.settings != candidates[-1]  # not the costliest: the last thousandths are not bought
-    if floor == 1.0:
-        assert calibration.settings == default
 
 
 @pytest.mark.parametrize(
@@ -156,14 +144,6 @@ def test_an_unreachable_target_keeps_a_setting_near_the_best_or_the_default_and_
 def test_choosing_among_measured_settings(recalls, target, chosen):
     measured = [(r, {"ef_search": i}) for i, r in enumerate(recalls)]
     assert choose_measured(measured, target) == measured[chosen]
-
-
-def test_under_the_floor_the_default_is_kept():
-    measured = [(0.80, {"ef_search": 64}), (0.90, {"ef_search": 192}), (0.93, {"ef_search": 1024})]
-    assert choose_measured(measured, 0.97, {"ef_search": 192}) == measured[1]
-    assert choose_measured(measured, 0.97, {"ef_search": 77}) == measured[2]  # a default never measured
-    cleared = [(0.90, {"ef_search": 192}), (0.955, {"ef_search": 256}), (0.958, {"ef_search": 1024})]
-    assert choose_measured(cleared, 0.97, {"ef_search": 192}) == cleared[1]
 
 
 def ivf_shape(index) -> tuple[int, int]:

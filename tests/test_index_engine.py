@@ -288,7 +288,7 @@ def test_the_app_on_the_engine_answers_searches_as_exact_search(tmp_path):
         client, service = Client(address, verbose=False), app.service
         for query in ("Tennis shoes", "The Moon", "a red apple"):
             _, table = client.predict(query, 8, api_name="/search")
-            embedding = service.model.encode_text([query]).numpy()
+            embedding = service.model.encode_query(query, service.query_precision).numpy()
             scores, ids = exact_search(service.embeddings.images.numpy(), embedding, 8)
             expected = [
                 [service.gallery.items[i].id, round(float(s), 4)] for s, i in zip(scores[0], ids[0], strict=True)

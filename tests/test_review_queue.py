@@ -22,7 +22,8 @@ CONCEPTS = ["cat", "dog", "car", "tree", "boat", "house", "star", "moon", "apple
 
 
 class StubModel:
-    """What the review queue asks of a model: ``encode_text`` (a fixed unit vector per text) and ``suspicion``."""
+    """What the review queue asks of a model: ``encode_text`` (a fixed unit vector per text) and ``suspicion``
+    (and ``encode_query``, for a search meanwhile)."""
 
     def __init__(self, suspicion: SuspicionTable | None = None):
         self.suspicion = suspicion
@@ -35,6 +36,9 @@ class StubModel:
         self.encoded.append(list(texts))
         rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=DIM) for t in texts]
         return F.normalize(torch.tensor(np.array(rows), dtype=torch.float32), dim=1)
+
+    def encode_query(self, text: str, precision: str = "int8") -> torch.Tensor:
+        return self.encode_text([text])
 
 
 def spellings(word: str) -> list[str]:

@@ -147,8 +147,8 @@ def record_fingerprint(folder: str | Path) -> Path:
 class GalleryEmbeddings:
     """Embeddings of a gallery and its caption pool, bound to one model and one gallery."""
 
-    images: torch.Tensor  # (N, D) float32, normalised
-    captions: torch.Tensor  # (C, D) float32, normalised
+    images: torch.Tensor  # (N, D) float32, normalised (a float16 map when loaded with mapped=True)
+    captions: torch.Tensor  # (C, D) float32, normalised (likewise)
     digest: str  # model_digest of the model that made them
     gallery: str  # Gallery.fingerprint of the gallery they describe
     tags: torch.Tensor | None = None  # (N, D) tag-list embeddings; zero rows for untagged images
@@ -165,8 +165,11 @@ class GalleryEmbeddings:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, digest: str, gallery: str) -> GalleryEmbeddings | None:
-        """The stored embeddings, or None when missing or made for another model or gallery."""
+    def load(cls, folder: str | Path, digest: str, gallery: str, mapped: bool = False) -> GalleryEmbeddings | None:
+        """The stored embeddings, or None when missing or made for another model or gallery.
+
+        ``mapped``: images and captions stay float16 memory maps instead of float32 copies (tag
+        lists always do), for a caller that reads rows, not whole matrices (``RetrievalService``)."""
         path = Path(folder) / EMBEDDINGS_FILE
         if not path.is_file():
             return None
@@ -177,13 +180,24 @@ class GalleryEmbeddings:
             names = set(handle.keys())
         if metadata.get("model_digest") != digest or metadata.get("gallery") != gallery:
             return None
-        # At a million images each matrix is half a gigabyte in float16: they are mapped, not read,
-        # so that only the float32 copies searched take memory.  Tag-list embeddings stay a float16
-        # map until something reads them (the app never does to answer a query).
-        images, captions = (as_float32(mapped_tensor(path, name)) for name in ("images", "captions"))
+        # At a million images each matrix is half a gigabyte in float16: mapped, not read.  A stored
+        # faiss index holds its own copy of the vectors, so a service that loads one never reads
+        # them whole (exact search and an index build make their float32 copy) and keeps them
+        # mapped: at 1M images 1.3 GB less anonymous memory than float32 copies (docs/PERFORMANCE.md).
+        images, captions = (mapped_tensor(path, name) for name in ("images", "captions"))
+        if not mapped:
+            images, captions = as_float32(images), as_float32(captions)
         tags = mapped_tensor(path, "tags") if "tags" in names else None
         dropped = json.loads(metadata.get("dropped", "[]"))
         return cls(images, captions, digest, gallery, tags, dropped)
+
+
+def as_float32(tensor: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """A float32 copy of a (N, D) tensor, converted ``chunk`` rows at a time (a mapped source is read once, in order)."""
+    out = torch.empty(tensor.shape, dtype=torch.float32)
+    for start in range(0, tensor.shape[0], chunk):
+        out[start : start + chunk] = tensor[start : start + chunk]
+    return out
 
 
 SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": None}
@@ -203,14 +217,6 @@ def mapped_tensor(path: Path, name: str) -> torch.Tensor:
     return torch.from_numpy(
         np.memmap(path, dtype=dtype, mode="c", offset=8 + length + start, shape=tuple(entry["shape"]))
     )
-
-
-def as_float32(tensor: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """A float32 copy of a (N, D) tensor, converted ``chunk`` rows at a time (a mapped source is read once, in order)."""
-    out = torch.empty(tensor.shape, dtype=torch.float32)
-    for start in range(0, tensor.shape[0], chunk):
-        out[start : start + chunk] = tensor[start : start + chunk]
-    return out
 
 
 class GalleryItem:

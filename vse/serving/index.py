@@ -90,13 +90,11 @@ CALIBRATION_K = 10  # recall@k it measures
 HNSW_DEPTH_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # efSearch values tried
 RERANK_PROBE_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # nprobe as a share of the lists
 RERANK_FACTORS = (5, 10, 20, 50, 100, 200, 400)  # re-rank factors tried
-# Where no setting reaches the target but the best clears RECALL_FLOOR, the cheapest within
-# RECALL_SLACK of the best: near the ceiling (the 8-bit re-ranking's precision) the last
-# thousandths cost many times the work.  Where even the best stays under the floor, the kind
-# cannot serve these queries and deeper search only costs: the size-based default is kept (HNSW
-# on the 1M stand-in set of benchmarks/startup.py reached 0.939 at efSearch 1024, and that depth
-# mapped 1 GB more of the stored graph into memory within 24 queries than efSearch 192).
-RECALL_FLOOR = 0.95
+# Where no setting reaches the target, the cheapest within this much of the best recall measured:
+# near the ceiling (the 8-bit re-ranking's precision) the last thousandths cost many times the work.
+# (Keeping the size-based default instead when even the best stays under 0.95 was tried: HNSW on
+# the 1M stand-in set of benchmarks/startup.py then answers at efSearch 192 with recall 0.73,
+# against 0.94 at efSearch 1024 for about 1.4 ms more per query.)
 RECALL_SLACK = 0.005
 # Share of the machine's physical memory one index may take before auto picks the compressed kind.
 MEMORY_SHARE = 0.25
@@ -416,8 +414,8 @@ def calibrate_search(
 
     Tries ``candidate_settings`` cheapest first and keeps the first whose recall@k on
     ``queries`` (against exact search over ``vectors``, the indexed rows) reaches
-    ``target``.  If none does, every candidate is measured and ``choose_measured``
-    decides (a warning says so).  None (settings untouched) for kinds without search
+    ``target``.  If none does, every candidate is measured and the cheapest within
+    RECALL_SLACK of the best recall is kept (``choose_measured``; a warning says so).  None (settings untouched) for kinds without search
     settings to choose, or with no queries or no more rows than k."""
     vectors, queries = _as_float32(vectors), _as_float32(queries)
     if index.kind not in ("hnsw", "ivfpq-rerank") or not len(queries) or index.size <= k:
@@ -433,11 +431,7 @@ def calibrate_search(
         measured.append((recall_at_k(vectors, queries, index.search(queries, k)[1], kth_scores), settings))
         if measured[-1][0] >= target:
             break
-    default = default_search_settings(index.kind, index.size, lists)
-    if measured[-1][0] < target and default not in [s for _, s in measured]:
-        apply_search_settings(index.index, index.kind, default)
-        measured.append((recall_at_k(vectors, queries, index.search(queries, k)[1], kth_scores), default))
-    recall, settings = choose_measured(measured, target, default)
+    recall, settings = choose_measured(measured, target)
     apply_search_settings(index.index, index.kind, settings)
     if recall < target:
         log.warning("%s index: no setting reached recall@%d %.2f (best %.3f); kept %s at %.3f",
@@ -445,20 +439,13 @@ def calibrate_search(
     return Calibration(settings, recall, len(queries), target, k)
 
 
-def choose_measured(
-    measured: list[tuple[float, dict[str, int]]], target: float, default: dict[str, int] | None = None
-) -> tuple[float, dict[str, int]]:
-    """From (recall, settings) pairs listed cheapest first: the first reaching ``target``; else, if
-    the best clears RECALL_FLOOR, the first within RECALL_SLACK of it; else the ``default`` settings'
-    pair (when measured; otherwise as if the best cleared the floor)."""
+def choose_measured(measured: list[tuple[float, dict[str, int]]], target: float) -> tuple[float, dict[str, int]]:
+    """From (recall, settings) pairs listed cheapest first: the first reaching ``target``, else the
+    first within RECALL_SLACK of the best recall."""
     for recall, settings in measured:
         if recall >= target:
             return recall, settings
     best = max(recall for recall, _ in measured)
-    if best < RECALL_FLOOR and default is not None:
-        kept = [(r, s) for r, s in measured if s == default]
-        if kept:
-            return kept[0]
     return next((r, s) for r, s in measured if r >= best - RECALL_SLACK)
 
 
@@ -529,7 +516,6 @@ def calibration_key(queries: np.ndarray | None) -> dict | None:
     digest = hashlib.sha256(_as_float32(queries).astype(np.float16).tobytes()).hexdigest()[:16]
     return {
         "target": RECALL_TARGET,
-        "floor": RECALL_FLOOR,
         "slack": RECALL_SLACK,
         "k": CALIBRATION_K,
         "queries": digest,
@@ -674,8 +660,9 @@ def load_or_build_index(
     (and saved to ``store.folder``).  ``model`` and ``gallery`` are the digests the embeddings
     depend on.  Exact search has no file to store: it keeps the matrix.  ``memory_budget`` and
     ``queries`` (calibration queries) as for ``build_index``."""
-    vectors = _as_float32(embeddings)
-    size, dim = vectors.shape
+    if np.ndim(embeddings) != 2:
+        raise ValueError(f"expected (N, D) vectors, got shape {np.shape(embeddings)}")
+    size, dim = np.shape(embeddings)  # a stored index needs no float32 copy of a mapped float16 matrix
     kind = resolve_kind(kind, size, dim, default_memory_budget() if memory_budget is None else memory_budget)
     if kind not in ("hnsw", "ivfpq-rerank"):
         queries = None  # nothing to calibrate
@@ -686,7 +673,7 @@ def load_or_build_index(
         if stored is not None:
             return stored
     start = time.perf_counter()
-    index = build_index(vectors, kind, queries=queries)
+    index = build_index(_as_float32(embeddings), kind, queries=queries)
     log.info("built the %s index (%s, %d vectors) in %.1f s", name, kind, size, time.perf_counter() - start)
     if index.calibration is not None:
         log.info("%s index search settings %s: recall@%d %.3f on %d queries", name, index.calibration.settings,

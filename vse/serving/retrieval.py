@@ -169,6 +169,7 @@ class RetrievalService:
         )
         self._review: Future[ReviewQueue] | None = None  # the review queue, computed once (start_review_queue)
         self._review_lock = threading.Lock()
+        self._review_thread: threading.Thread | None = None
 
     @classmethod
     def load(
@@ -220,7 +221,7 @@ class RetrievalService:
         fingerprint = gallery.fingerprint
         cache = cache_folder(data_dir, revision, fingerprint)
         for folder in [f for f in (shipped_folder(gallery_source), cache) if f]:
-            found = GalleryEmbeddings.load(folder, revision, fingerprint)
+            found = GalleryEmbeddings.load(folder, revision, fingerprint, mapped=True)
             if found is not None:
                 log.info("gallery embeddings from %s", folder)
                 return found
@@ -242,10 +243,15 @@ class RetrievalService:
             vectors.numpy(), kind, store=store, queries=sample if len(sample) else None, **digests
         )
 
-    def close(self) -> None:
-        """Release the engine's client (local mode: its folder's lock); the faiss kinds hold nothing to release."""
+    def close(self, review_wait: float = 60.0) -> None:
+        """Release the engine's client (local mode: its folder's lock; the faiss kinds hold nothing to
+        release), and wait up to ``review_wait`` seconds for a review queue still being computed: a
+        process that exits while that thread runs inside ONNX Runtime is aborted by the C++ runtime
+        ("terminate called without an active exception", exit status 134)."""
         if self.engine is not None:
             self.engine.close()
+        if self._review_thread is not None:
+            self._review_thread.join(review_wait)
 
     def warm_up(self) -> None:
         """Encode one query and one image, so that one-off work (exporting the
@@ -272,7 +278,7 @@ class RetrievalService:
         return [hit for hit in hits if hit.index != exclude][:k]
 
     def image_embedding(self, index: int) -> torch.Tensor:
-        return self.embeddings.images[index : index + 1]
+        return self.embeddings.images[index : index + 1].float()
 
     @staticmethod
     def _hits(index: VectorIndex, embedding: torch.Tensor, k: int) -> list[Hit]:
@@ -291,6 +297,7 @@ class RetrievalService:
                 self._review = Future()
                 thread = threading.Thread(target=self._compute_review, name="review-queue", daemon=True)
                 thread.start()
+                self._review_thread = thread
             return self._review
 
     def _compute_review(self) -> None:
