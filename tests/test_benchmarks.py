@@ -81,3 +81,29 @@ def test_the_engine_benchmark_runs_and_prints_its_table(capsys):
     assert engine.main(["--sizes", "300", "--queries", "5", "--file-points", "5"]) == 0
     printed = capsys.readouterr().out
     assert "| 300 |" in printed and "points/s written" in printed
+
+
+@pytest.mark.slow
+def test_query_precision_benchmark_compares_both_precisions_on_a_tiny_run(tmp_path, capsys, tiny_vit, tiny_bert):
+    """A saved model with a frozen transformer text backbone and the test split named by its run's config."""
+    import json
+
+    import torch
+
+    from benchmarks import query_precision
+    from vse import VSEConfig, VSEModel
+    from vse.testing.shapes import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes")
+    torch.manual_seed(0)
+    config = VSEConfig(image_backbone=str(tiny_vit), image_pooling="cls", text_encoder="transformer",
+                       text_model=str(tiny_bert), embed_dim=16)  # fmt: skip
+    VSEModel(config).eval().save_pretrained(tmp_path / "run" / "model")
+    test = {"path": str(data / "captions"), "split": "test", "text_column": "captions"}
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps({"data": {"test": test}}))
+    before = docs_digest()
+    assert query_precision.main(["--models", str(tmp_path / "run" / "model"), "--queries", "6", "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert "t2i sum fp32" in printed and "int8" in printed and "cosine" in printed
+    assert docs_digest() == before
+    assert query_precision.main(["--models", str(tmp_path / "nothing-*"), "--no-report"]) == 2
