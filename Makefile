@@ -44,7 +44,7 @@ ablation: corpora  # retrain the ablation on both corpora and rewrite docs/RESUL
 	$(BIN)/python -m training.ablation
 
 bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md and docs/FEEDBACK.md
-	$(BIN)/python -m benchmarks.search
+	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.search --stand-in 1000000
 	$(BIN)/python -m benchmarks.encoding
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.cache
@@ -54,6 +54,7 @@ bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md and docs/FEEDBA
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.startup --images 1000000  # builds a 2.9 GB gallery under cache/startup once
 	$(BIN)/python -m benchmarks.feedback_loop  # rewrites docs/FEEDBACK.md (needs `make corpora`)
+	$(BIN)/python -m benchmarks.query_precision  # the models of `make ablation`
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
