@@ -326,7 +326,7 @@ class VSEModel(
         """(1, D) normalised embedding of one search query, on the CPU.
 
         ``precision`` "int8": a frozen transformer backbone runs its int8-quantised ONNX copy
-        (``TransformerTextEncoder.query_features``), about twice as fast on a short query, its
+        (``TransformerTextEncoder.query_features``), about 1.6× as fast on a short query, its
         embedding within about 1% in cosine of ``encode_text``'s (retrieval measured in
         docs/PERFORMANCE.md).  "fp32", a GRU or a fine-tuned backbone: exactly ``encode_text``.
         """
