@@ -114,7 +114,7 @@ def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     throughput = len(queries) / (time.perf_counter() - tick)
     memory = index.memory_bytes()
     return {
-        "kind": kind,
+        "kind": kind if kind != "auto" else f"auto ({index.kind})",
         "build_s": build,
         "memory_mb": memory / 1e6,
         "p50_ms": percentile_ms(latencies, 50),
@@ -415,7 +415,8 @@ Exact search against the memory-bandwidth bound (N·d·4 bytes ÷ read bandwidth
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=("auto", *KINDS),
+                        help="index kinds to measure; auto: the kind the app would choose, named in the table")  # fmt: skip
     parser.add_argument("--views", type=int, default=2, help="augmented copies of each gallery image")
     parser.add_argument("--no-corpora", action="store_true", help="leave data/'s texts out of the real pool")
     parser.add_argument("--dim", type=int, default=256)

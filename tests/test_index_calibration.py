@@ -13,6 +13,7 @@ import torch
 
 from vse.serving.index import (
     CALIBRATION_QUERIES,
+    RECALL_FLOOR,
     RECALL_SLACK,
     RECALL_TARGET,
     Calibration,
@@ -24,6 +25,8 @@ from vse.serving.index import (
     candidate_settings,
     choose_measured,
     exact_search,
+    falls_short,
+    higher_recall,
     load_or_build_index,
     recall_at_k,
     search_cost,
@@ -241,3 +244,58 @@ def test_the_app_calibrates_each_index_on_the_other_modality(tiny_vit, tmp_path)
         sample = calibration_queries(served)
         kth = exact_search(indexed, sample, 10)[0][:, -1]
         assert recall_at_k(indexed, sample, index.search(sample, 10)[1], kth) == pytest.approx(calibration.recall)
+
+
+@pytest.fixture
+def weak_graphs(monkeypatch):
+    """Auto builds HNSW from 100 vectors on, with graphs too sparse (M = 2) to reach RECALL_FLOOR
+    at any efSearch tried, as the 1M stand-in set of benchmarks/startup.py does at M = 32."""
+    import vse.serving.index as index_module
+
+    monkeypatch.setattr(index_module, "EXACT_MAX", 100)
+    monkeypatch.setattr(index_module, "HNSW_NEIGHBOURS", 2)
+    monkeypatch.setattr(index_module, "HNSW_BUILD_DEPTH", 4)
+    monkeypatch.setattr(index_module, "HNSW_DEPTH_LADDER", (10, 16))
+
+
+def test_auto_serves_the_compressed_kind_where_the_graph_falls_short(weak_graphs, caplog):
+    data, queries = clustered(4_000, 32, 100, seed=5)
+    graph = build_index(data, "hnsw", queries=queries)
+    compressed = build_index(data, "ivfpq-rerank", queries=queries)
+    assert graph.calibration.recall < RECALL_FLOOR < compressed.calibration.recall  # the premise
+    caplog.set_level(logging.WARNING, logger="vse.serving.index")
+    chosen = build_index(data, "auto", queries=queries)
+    assert chosen.kind == "ivfpq-rerank" and chosen.calibration == compressed.calibration
+    assert "ivfpq-rerank serves" in caplog.text
+    assert build_index(data, "hnsw", queries=queries).kind == "hnsw"  # a kind asked for by name is kept
+    assert build_index(data, "auto").kind == "hnsw"  # nothing measured, nothing to compare
+
+
+def test_a_graph_that_misses_the_floor_but_beats_the_compressed_kind_serves():
+    graph = type("Index", (), {"kind": "hnsw", "calibration": Calibration({"ef_search": 1024}, 0.93, 256, 0.97)})()
+    worse = type("Index", (), {"kind": "ivfpq-rerank", "calibration": Calibration({"nprobe": 1}, 0.91, 256, 0.97)})()
+    better = type("Index", (), {"kind": "ivfpq-rerank", "calibration": Calibration({"nprobe": 2}, 0.96, 256, 0.97)})()
+    assert falls_short(graph) and not falls_short(better)
+    assert higher_recall(graph, worse) is graph and higher_recall(graph, better) is better
+
+
+def test_a_good_graph_is_kept_without_building_the_compressed_kind(tmp_path, monkeypatch):
+    import vse.serving.index as index_module
+
+    monkeypatch.setattr(index_module, "EXACT_MAX", 100)
+    data, queries = clustered(3_000, 32, 100, seed=4)
+    store = IndexStore(tmp_path)
+    index = load_or_build_index(data, "auto", name="image", model="m", gallery="g", store=store, queries=queries)
+    assert index.kind == "hnsw" and index.calibration.recall >= RECALL_FLOOR
+    assert [p.name.split("-")[1] for p in tmp_path.glob("*.faiss")] == ["hnsw"]
+
+
+def test_a_restart_makes_the_same_choice_from_both_stored_indexes(weak_graphs, tmp_path):
+    data, queries = clustered(4_000, 32, 100, seed=5)
+    digests = {"name": "image", "model": "m", "gallery": "g", "store": IndexStore(tmp_path), "queries": queries}
+    first = load_or_build_index(data, "auto", **digests)
+    assert first.kind == "ivfpq-rerank" and first.origin == "built"
+    assert sorted(p.name.split("-")[1] for p in tmp_path.glob("*.faiss")) == ["hnsw", "ivfpq"]  # both kept
+    again = load_or_build_index(data, "auto", **digests)
+    assert again.kind == "ivfpq-rerank" and again.origin == "loaded" and again.calibration == first.calibration
+    assert np.array_equal(again.search(queries, 10)[1], first.search(queries, 10)[1])

@@ -96,6 +96,12 @@ RERANK_FACTORS = (5, 10, 20, 50, 100, 200, 400)  # re-rank factors tried
 # the 1M stand-in set of benchmarks/startup.py then answers at efSearch 192 with recall 0.73,
 # against 0.94 at efSearch 1024 for about 1.4 ms more per query.)
 RECALL_SLACK = 0.005
+# The recall below which "auto" does not keep an HNSW graph: calibrated at its best, a graph under
+# this floor is set beside the compressed kind, calibrated too, and the higher recall serves.
+# (The 1M stand-in set of benchmarks/startup.py, 150 noisy copies of each demo image, keeps
+# HNSW at 0.90 even at efSearch 1024; its compressed index reaches 0.96.)
+RECALL_FLOOR = 0.95
+FALLBACK_KIND = "ivfpq-rerank"  # what "auto" sets beside an HNSW graph that falls short
 # Share of the machine's physical memory one index may take before auto picks the compressed kind.
 MEMORY_SHARE = 0.25
 HNSW_EXTRA_BYTES = 16  # per vector beyond vectors and level-0 links: upper levels, level numbers, offsets
@@ -463,11 +469,20 @@ def build_index(
     machine's memory, ``default_memory_budget``; ``float("inf")``: no limit).  ``queries``: (Q, D)
     queries like the ones the index will serve; given, the search settings are chosen by
     measured recall on them (``calibrate_search``), else the size-based defaults are kept.
+    With both "auto" and ``queries``, an HNSW graph that misses RECALL_FLOOR is compared with
+    the compressed kind (``falls_short``, ``higher_recall``).
     """
     vectors = _as_float32(embeddings)
     size, dim = vectors.shape
     budget = default_memory_budget() if memory_budget is None else memory_budget
-    kind = resolve_kind(kind, size, dim, budget)
+    built = _build_kind(vectors, resolve_kind(kind, size, dim, budget), ivf_lists, queries)
+    if kind == "auto" and falls_short(built):
+        built = higher_recall(built, _build_kind(vectors, FALLBACK_KIND, ivf_lists, queries))
+    return built
+
+
+def _build_kind(vectors: np.ndarray, kind: str, ivf_lists: int | None, queries: np.ndarray | None) -> SearchIndex:
+    size, dim = vectors.shape
     if kind == "exact":
         return SearchIndex(vectors, kind, size, dim)
     params = build_parameters(kind, size, dim, ivf_lists)
@@ -484,6 +499,23 @@ def build_index(
     if queries is not None:
         built.calibration = calibrate_search(built, vectors, queries)
     return built
+
+
+def falls_short(index: SearchIndex) -> bool:
+    """True for an HNSW graph whose calibrated recall stays under RECALL_FLOOR."""
+    return index.kind == "hnsw" and index.calibration is not None and index.calibration.recall < RECALL_FLOOR
+
+
+def higher_recall(graph: SearchIndex, compressed: SearchIndex) -> SearchIndex:
+    """Of an HNSW graph that fell short and the compressed index over the same rows, the one whose
+    calibration measured the higher recall (the graph on a tie, or where one was not calibrated)."""
+    if graph.calibration is None or compressed.calibration is None:
+        return graph
+    chosen = compressed if compressed.calibration.recall > graph.calibration.recall else graph
+    log.warning("HNSW reached recall@%d %.3f at best, under %.2f; the compressed kind reached %.3f: %s serves",
+                graph.calibration.k, graph.calibration.recall, RECALL_FLOOR, compressed.calibration.recall,
+                chosen.kind)  # fmt: skip
+    return chosen
 
 
 # ------------------------------------------------------------------ stored indexes
@@ -659,21 +691,37 @@ def load_or_build_index(
     """The index of ``name`` ("image", "caption") read from ``store`` when one matches, else built
     (and saved to ``store.folder``).  ``model`` and ``gallery`` are the digests the embeddings
     depend on.  Exact search has no file to store: it keeps the matrix.  ``memory_budget`` and
-    ``queries`` (calibration queries) as for ``build_index``."""
+    ``queries`` (calibration queries) as for ``build_index``; when "auto" sets the compressed kind
+    beside an HNSW graph that falls short, both are stored, so a restart makes the same choice
+    without building either."""
     if np.ndim(embeddings) != 2:
         raise ValueError(f"expected (N, D) vectors, got shape {np.shape(embeddings)}")
     size, dim = np.shape(embeddings)  # a stored index needs no float32 copy of a mapped float16 matrix
-    kind = resolve_kind(kind, size, dim, default_memory_budget() if memory_budget is None else memory_budget)
-    if kind not in ("hnsw", "ivfpq-rerank"):
+    chosen = resolve_kind(kind, size, dim, default_memory_budget() if memory_budget is None else memory_budget)
+    if chosen not in ("hnsw", "ivfpq-rerank"):
         queries = None  # nothing to calibrate
-    params = build_parameters(kind, size, dim)
-    key = index_key(name, model, gallery, kind, params, size, dim, calibration_key(queries))
+    digests = {"name": name, "model": model, "gallery": gallery}
+    index = _load_or_build_kind(embeddings, chosen, store, queries, digests)
+    if kind == "auto" and falls_short(index):
+        index = higher_recall(index, _load_or_build_kind(embeddings, FALLBACK_KIND, store, queries, digests))
+    return index
+
+
+def _load_or_build_kind(
+    embeddings: np.ndarray, kind: str, store: IndexStore | None, queries: np.ndarray | None, digests: dict
+) -> SearchIndex:
+    size, dim = np.shape(embeddings)
+    name = digests["name"]
+    key = index_key(
+        name, digests["model"], digests["gallery"], kind, build_parameters(kind, size, dim), size, dim,
+        calibration_key(queries),
+    )  # fmt: skip
     if store is not None and kind != "exact":
         stored = _load_stored(store, key)
         if stored is not None:
             return stored
     start = time.perf_counter()
-    index = build_index(_as_float32(embeddings), kind, queries=queries)
+    index = _build_kind(_as_float32(embeddings), kind, None, queries)
     log.info("built the %s index (%s, %d vectors) in %.1f s", name, kind, size, time.perf_counter() - start)
     if index.calibration is not None:
         log.info("%s index search settings %s: recall@%d %.3f on %d queries", name, index.calibration.settings,
