@@ -413,6 +413,25 @@ def test_int8_query_features_are_close_to_float32_but_computed_apart(text_encode
     assert cosine.min() > 0.95, cosine
 
 
+def test_the_query_copy_runs_on_one_thread_whatever_torch_uses(text_encoder):
+    """Search queries: one intra-op thread (vse.text.QUERY_THREADS), so that concurrent queries do
+    not contend for one pool; batches keep torch's thread count.  Copies keep the setting."""
+    from vse.text import QUERY_THREADS
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            text_encoder.query_features(text_encoder.tokenize(["a red apple"]))
+            text_encoder.features(text_encoder.tokenize(["a red apple"]))
+        query_session, batch_session = text_encoder.query_copy._session, text_encoder.onnx_copy._session
+        assert query_session.get_session_options().intra_op_num_threads == QUERY_THREADS == 1
+        assert batch_session.get_session_options().intra_op_num_threads == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert copy.deepcopy(text_encoder.query_copy).threads == copy.copy(text_encoder.query_copy).threads == 1
+
+
 def test_int8_graph_is_quantised_from_the_kept_float_graph(monkeypatch, tmp_path, text_encoder):
     """One export serves both copies; the int8 graph is kept beside it and reused by the next start."""
     monkeypatch.setenv(onnx_copy.CACHE_ENV, str(tmp_path))

@@ -447,10 +447,13 @@ class OnnxCopy:
     again on first use.
     """
 
-    def __init__(self, dynamic_axes: dict[int, str] | None = None, spin: bool = True, int8: bool = False) -> None:
+    def __init__(
+        self, dynamic_axes: dict[int, str] | None = None, spin: bool = True, int8: bool = False, threads: int = 0
+    ) -> None:
         self.dynamic_axes = dict(dynamic_axes or {0: "batch"})
         self.spin = spin  # idle threads spin (throughput of batches) or sleep (latency of queries)
         self.int8 = int8  # run an int8-quantised graph (quantized_int8): faster, close but not equal
+        self.threads = threads  # intra-op threads of a session; 0: torch.get_num_threads() at the call
         self._session = None
         self._key: tuple | None = None
         self._watch = WeightsWatch()
@@ -458,13 +461,15 @@ class OnnxCopy:
         self.failed = False  # export or session creation failed once: stay on PyTorch
 
     def __deepcopy__(self, memo: dict) -> OnnxCopy:
-        return OnnxCopy(self.dynamic_axes, self.spin, self.int8)
+        return OnnxCopy(self.dynamic_axes, self.spin, self.int8, self.threads)
 
     def __getstate__(self) -> dict:
-        return {"dynamic_axes": self.dynamic_axes, "spin": self.spin, "int8": self.int8}
+        return {"dynamic_axes": self.dynamic_axes, "spin": self.spin, "int8": self.int8, "threads": self.threads}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state.get("dynamic_axes"), state.get("spin", True), state.get("int8", False))
+        self.__init__(
+            state.get("dynamic_axes"), state.get("spin", True), state.get("int8", False), state.get("threads", 0)
+        )
 
     @property
     def exported(self) -> bool:
@@ -482,7 +487,7 @@ class OnnxCopy:
 
     def _current_session(self, module: nn.Module, inputs: dict[str, torch.Tensor]):
         with self._lock:
-            key = (self._watch.stamp(module), tuple(inputs), torch.get_num_threads())
+            key = (self._watch.stamp(module), tuple(inputs), self.threads or torch.get_num_threads())
             if self._session is None or key != self._key:
                 example = {name: tensor[:1].detach().clone() for name, tensor in inputs.items()}
                 example = {name: t.to(torch.float32) if t.is_floating_point() else t for name, t in example.items()}

@@ -82,6 +82,7 @@ class GRUTextEncoder(nn.Module):
 
 # Tokenizer outputs a transformer text model takes, in the order PooledTokens takes them.
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+QUERY_THREADS = 1  # intra-op threads of the int8 query copy (see TransformerTextEncoder)
 
 
 def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
@@ -146,7 +147,9 @@ class TransformerTextEncoder(nn.Module):
         object.__setattr__(self, "pooled", PooledTokens(self.backbone, pooling))
         self.runtime = check_runtime(runtime or default_runtime())
         self.onnx_copy = OnnxCopy({0: "batch", 1: "tokens"}, spin=False)  # a query's latency, beside the search
-        self.query_copy = OnnxCopy({0: "batch", 1: "tokens"}, spin=False, int8=True)  # search queries (int8)
+        # Search queries: int8, one thread (a query of a few tokens gains nothing from a second
+        # one, and concurrent queries then do not contend for each other's pool).
+        self.query_copy = OnnxCopy({0: "batch", 1: "tokens"}, spin=False, int8=True, threads=QUERY_THREADS)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return dict(
