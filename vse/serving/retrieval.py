@@ -254,10 +254,13 @@ class RetrievalService:
             self._review_thread.join(review_wait)
 
     def warm_up(self) -> None:
-        """Encode one query and one image, so that one-off work (exporting the
-        ONNX Runtime copies of frozen backbones) does not land on the first user."""
+        """Encode one query and one image and search both indexes once, so that one-off work
+        (exporting the ONNX Runtime copies of frozen backbones, importing faiss: 1-2 s during
+        which every request waits) does not land on the first users."""
         self.model.encode_text(["warm up"])
-        self.model.encode_query("warm up", self.query_precision)
+        query = self.model.encode_query("warm up", self.query_precision)
+        self._hits(self.image_index, query, 1)
+        self._hits(self.caption_index, query, 1)
         if len(self.gallery):
             self.model.encode_image([self.gallery.image(0)])
 
