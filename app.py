@@ -63,6 +63,25 @@ from vse.text import normalize_tag
 PERSISTENT_STORAGE = Path("/data")  # where a Space mounts its persistent storage, when it has some
 
 
+def static_folder_first(folder: Path) -> None:
+    """Serve ``folder``'s files in place (``gr.set_static_paths``), checked before Gradio's own static files.
+
+    Gradio tests every file path an event returns against its static paths in order,
+    resolving both paths component by component on its event loop; its own icons come
+    first, so each thumbnail cost 0.24 ms, against 0.07 ms with this folder first, and a
+    search returns 12 thumbnails checked twice (measured here; benchmarks/load.py).  The
+    order is Gradio's private list: where it is not there, the folder is only added.
+    """
+    gr.set_static_paths([folder])
+    try:
+        from gradio.data_classes import _StaticFiles
+
+        paths = _StaticFiles.all_paths
+        paths.insert(0, paths.pop())  # the folder just added
+    except (ImportError, AttributeError, IndexError):
+        log.warning("Gradio's static paths are not where this app expects: thumbnails are checked last")
+
+
 def default_data_dir() -> str:
     """``/data/vse`` on a Space with persistent storage, else ``feedback`` (``VSE_DATA_DIR`` overrides both)."""
     if PERSISTENT_STORAGE.is_dir() and os.access(PERSISTENT_STORAGE, os.W_OK):
@@ -82,10 +101,17 @@ MAX_TOP_K = 48
 CAPTIONS_SHOWN = 5
 SIMILAR_SHOWN = 8
 # Requests served at once, per group of events sharing one Gradio queue (more wait in
-# it): queries (search, a result's neighbours) and reviews are quick; an upload decodes
-# and encodes an image, so one runs at a time and uploads cannot take the cores that
-# queries need (benchmarks/load.py: 32 clients mixing searches, uploads and votes).
-CONCURRENCY = {"query": 2, "upload": 1, "review": 2}
+# it).  Queries (search, a result's neighbours) are quick and many run at once, each
+# encoding on one thread (vse.text.QUERY_THREADS); an upload decodes and encodes an
+# image, so one runs at a time and uploads wait behind each other rather than take the
+# cores that searches need.  benchmarks/load.py, 32 clients mixing searches, uploads and
+# votes with no pause: 2 queries at a time gave /search p50 1.1 s; 8 give 0.1-0.2 s, while
+# uploads then wait seconds (docs/RELIABILITY.md, "Load").
+CONCURRENCY = {"query": 8, "upload": 1, "review": 2}
+# Gradio recomputes its monitoring summary (a pandas table of up to 10,000 past events) after
+# every event unless told otherwise: 5.6 ms of CPU per event at 1,000 past events, 10 ms at
+# 10,000, measured here.  Every 100 events keeps the summary fresh for /monitoring.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 QUEUE_SIZE = int(os.environ.get("VSE_QUEUE_SIZE", "64"))  # requests waiting beyond that are turned away
 MAX_UPLOAD = os.environ.get("VSE_MAX_UPLOAD", "10mb")  # larger uploads are refused before they reach the app
 CACHE_CLEANUP = (3600, 3600)  # every hour, delete Gradio's cached uploads older than an hour
@@ -284,7 +310,7 @@ class VSEApp:
         self.thumbnails = ThumbnailCache(self.thumbnail_dir, THUMBNAIL_CACHE_BYTES)
         # Thumbnails are public gallery images written on their first view:
         # served in place, not hashed and copied into Gradio's cache on every search.
-        gr.set_static_paths([self.thumbnail_dir])
+        static_folder_first(self.thumbnail_dir)
 
     # How long a review request waits for the review queue while it is being computed, before
     # it is told to come back: a worker is not held for the minutes a huge gallery could take.
@@ -445,9 +471,8 @@ class VSEApp:
             embedding = self.service.embed_image(source)
         except ImageLoadError as err:
             raise refusal(f"This image cannot be used: {err}") from None
-        return self._captions_table(embedding), self._gallery_cells(
-            self.service.similar_images(embedding, SIMILAR_SHOWN)
-        )
+        similar = self.service.similar_images(embedding, SIMILAR_SHOWN)
+        return self._captions_table(embedding), self._gallery_cells(similar)
 
     # ------------------------------------------------------------ review tab
     def reviewer(self, typed_name: str | None, profile: gr.OAuthProfile | None) -> str:

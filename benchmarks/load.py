@@ -1,13 +1,16 @@
 """Load test: concurrent clients mixing searches, uploads and votes through Gradio's HTTP API.
 
-    python -m benchmarks.load [--clients 32] [--seconds 60] [--think 0]
+    python -m benchmarks.load [--clients 32] [--seconds 60] [--think 0] [--ramp 2]
 
 The app runs as its own process (``python app.py``, as deployed) on loopback; the
 clients are asynchronous HTTP clients in this process, each looping until the time
 is up: a search (60%), an image upload (20%: the file is uploaded, then
 ``/describe`` is called on it) or a vote (20%), with an optional pause between
 requests (``--think``: mean seconds, exponentially distributed; 0 sends the next
-request as soon as the last one is answered, the hardest case).  Each client keeps
+request as soon as the last one is answered, the hardest case).  Clients start one
+after another over the first ``--ramp`` seconds (evenly spaced), as people arrive: 32
+first requests in the same millisecond, on an app that has served none of them, are
+a burst of their own (a cold start's first second), not the steady load.  Each client keeps
 one Gradio session across its calls, as a browser tab does.  Every request's
 latency (client side: queueing included) and every error is recorded, and the
 app process's CPU time and peak resident memory are read from /proc.  Writes the
@@ -73,10 +76,12 @@ async def upload_and_describe(http, url: str, image: bytes, session: str) -> lis
 
 
 async def client_loop(
-    http, url: str, client_id: int, deadline: float, think: float, image: bytes, items: list, log: dict
-) -> None:
+    http, url: str, client_id: int, deadline: float, think: float, image: bytes, items: list, log: dict,
+    delay: float = 0.0,
+) -> None:  # fmt: skip
     rng = random.Random(client_id)
     session = f"load-{client_id}-{uuid.uuid4().hex[:12]}"
+    await asyncio.sleep(delay)  # this client's arrival within the ramp
     while time.monotonic() < deadline:
         roll = rng.random()
         action = "search" if roll < 0.6 else "upload" if roll < 0.8 else "vote"
@@ -97,7 +102,9 @@ async def client_loop(
             await asyncio.sleep(rng.expovariate(1 / think))
 
 
-async def run_clients(url: str, clients: int, seconds: float, think: float, image: bytes, items: list) -> tuple:
+async def run_clients(
+    url: str, clients: int, seconds: float, think: float, image: bytes, items: list, ramp: float = 0.0
+) -> tuple:
     import httpx
 
     log: dict[str, list] = defaultdict(list)
@@ -105,7 +112,9 @@ async def run_clients(url: str, clients: int, seconds: float, think: float, imag
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         deadline = time.monotonic() + seconds
         start = time.perf_counter()
-        await asyncio.gather(*(client_loop(http, url, c, deadline, think, image, items, log) for c in range(clients)))
+        await asyncio.gather(
+            *(client_loop(http, url, c, deadline, think, image, items, log, ramp * c / clients) for c in range(clients))
+        )
         return log, time.perf_counter() - start
 
 
@@ -215,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each round")
     parser.add_argument("--think", type=float, nargs="+", default=[0.0, 3.0],
                         help="mean pause between a client's requests, seconds: one round per value")  # fmt: skip
+    parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which the clients arrive, evenly spaced")
     parser.add_argument("--queries", type=int, default=200, help="/ping and /search calls timed alone first")
     parser.add_argument("--gallery", default=str(ROOT / "assets" / "gallery"), help="the gallery app.py serves")
     parser.add_argument("--app-arg", action="append", default=[], help="another option for app.py (repeatable)")
@@ -230,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             items = tagged_items(args.gallery, 200)
             for think in args.think:
                 cpu_before = app.cpu_seconds()
-                log, elapsed = asyncio.run(run_clients(app.url, args.clients, args.seconds, think, image, items))
+                log, elapsed = asyncio.run(
+                    run_clients(app.url, args.clients, args.seconds, think, image, items, args.ramp)
+                )
                 rounds.append(Round(think, log, elapsed, (app.cpu_seconds() - cpu_before) / elapsed))
             peak_mb = app.peak_rss_mb()
         finally:
@@ -273,7 +285,8 @@ calls (as a browser tab or `gradio_client`; without one Gradio builds a new sess
 
 {markdown_table(["call", "calls", "p50 ms", "p99 ms"], alone_rows)}
 
-Then {args.clients} clients for {args.seconds:.0f} s per round, each looping over a search (60%), an upload
+Then {args.clients} clients for {args.seconds:.0f} s per round (arriving evenly over its first {args.ramp:g} s), each
+looping over a search (60%), an upload
 (20%: file upload, then `/describe`) and a vote (20%), keeping one session, with the round's mean pause
 between its requests (exponentially distributed; no pause is the hardest case, a queue that never empties).
 Latency is per request, client side, queueing included. The clients share the machine's 2 cores with the

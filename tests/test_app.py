@@ -222,6 +222,28 @@ def test_gallery_images_decode(served):
     assert Image.open(io.BytesIO(data)).size == (224, 224)
 
 
+def test_thumbnails_are_static_files_checked_first(served):
+    """Gradio checks every returned file against its static paths in order: the thumbnail
+    folder comes first (``app.static_folder_first``), and its files are served in place."""
+    from gradio.data_classes import _StaticFiles
+    from gradio.utils import is_static_file
+
+    client, app = served
+    gallery, _ = client.predict("a red apple", 3, api_name="/search")
+    assert len(gallery) == 3 and all(Path(cell["image"]).is_file() for cell in gallery)  # downloaded
+    assert _StaticFiles.all_paths[0] == app.thumbnail_dir.resolve()
+    assert is_static_file(app.thumbnail_file(0))
+
+
+def test_gradio_refreshes_its_monitoring_summary_every_100_events():
+    """Gradio's default recomputes a pandas summary of up to 10,000 past events after every event."""
+    import gradio as gr
+
+    import app as app_module
+
+    assert app_module.queued(gr.Blocks())._queue.ANAYLTICS_CACHE_FREQUENCY == 100
+
+
 def test_votes_are_rate_limited_per_reviewer(served, monkeypatch):
     import gradio as gr
 
