@@ -8,6 +8,7 @@ never gets stale embeddings used.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -136,6 +137,32 @@ def test_opening_a_gallery_reads_one_image_and_showing_one_reads_its_row_group(t
     )
     assert reads == [0]  # the first image, decoded to check that the gallery has a readable one
     assert gallery.image(29).size == (32, 32) and len(reads) == 2
+
+
+def test_threads_showing_images_of_one_row_group_at_once_wait_for_one_read(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    write_gallery(rows_of([padded_jpeg(tail) for tail in noise(30, 20_000)]), tmp_path / "gallery")
+    gallery, _ = load_gallery(tmp_path / "gallery")
+    gallery._images._row_group.cache_clear()
+    reads = []
+    real = ShardImages._read_row_group
+
+    def slow_read(self, place):
+        reads.append(place)
+        time.sleep(0.2)  # long enough for every thread to ask while the first reads
+        return real(self, place)
+
+    monkeypatch.setattr(ShardImages, "_read_row_group", slow_read)
+    gallery._images._row_group = functools.lru_cache(maxsize=4)(gallery._images._read_row_group)
+    shown = [None] * 8
+    threads = [threading.Thread(target=lambda i=i: shown.__setitem__(i, gallery.image_bytes(i))) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reads == [0] and all(shown)
 
 
 def test_a_large_gallery_is_written_in_small_row_groups(tmp_path):

@@ -18,6 +18,7 @@ where every unreadable image is (``vse.serving.retrieval.embed_gallery``).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,7 +159,9 @@ class ShardImages:
     """The encoded images of parquet shards, read a row group at a time when one is asked for.
 
     Rows are numbered across the shards in order (``METADATA_SCHEMA``'s ``row``).
-    Safe to share between threads (two asking for one row group at once may both read it).
+    Safe to share between threads: threads asking for one row group at once wait for one
+    read of it (a burst of first views, e.g. a page of results on a fresh start, would
+    otherwise read and decompress the same row group once per thread).
     """
 
     def __init__(self, shards: Sequence[Path], row_groups: Sequence[Sequence[int]]):
@@ -167,6 +170,7 @@ class ShardImages:
         sizes = [size for shard_sizes in row_groups for size in shard_sizes]
         self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self._row_group = functools.lru_cache(maxsize=ROW_GROUPS_KEPT)(self._read_row_group)
+        self._reading = [threading.Lock() for _ in self._places]  # one read of a row group at a time
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -176,7 +180,9 @@ class ShardImages:
         if not 0 <= row < len(self):
             raise IndexError(f"image row {row} out of range (0-{len(self) - 1})")
         place = int(np.searchsorted(self._starts, row, side="right")) - 1
-        value = self._row_group(place)[row - int(self._starts[place])].as_py()
+        with self._reading[place]:  # a second thread waits, then finds the group in the cache
+            group = self._row_group(place)
+        value = group[row - int(self._starts[place])].as_py()
         return value or b""
 
     def _read_row_group(self, place: int) -> pa.Array:
