@@ -417,9 +417,8 @@ class VSEApp:
         return scaled_down(self.service.gallery.image(index), THUMBNAIL_SIDE)
 
     def _hit_items(self, hits) -> list[GalleryItem]:
-        """The gallery items of ``hits``, each read once (an item is made from its Arrow row when read)."""
-        items = self.service.gallery.items
-        return [items[h.index] for h in hits]
+        """The gallery items of ``hits``, made from their Arrow rows in one pass."""
+        return self.service.gallery.items_at([h.index for h in hits])
 
     def _gallery_cells(self, hits, items: list[GalleryItem] | None = None) -> list[tuple[str, str]]:
         items = self._hit_items(hits) if items is None else items

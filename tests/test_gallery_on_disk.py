@@ -194,6 +194,19 @@ def test_shards_read_as_the_same_rows_held_in_memory(tmp_path):
     assert served.image_key(2) == gallery.image_key(3)  # named after the gallery it was cut from
 
 
+def test_a_page_of_items_read_at_once_equals_reading_them_one_by_one(tmp_path):
+    rows = rows_of([png(), png("blue"), png("green"), png("red", "square")], [["a"], [], ["b", "c"], ["d"]])
+    write_gallery(rows, tmp_path / "gallery", shard_bytes=300)
+    on_disk, _ = load_gallery(tmp_path / "gallery")
+    for gallery in (on_disk, in_memory(rows), on_disk.without(["img1"])):
+        page = [len(gallery) - 1, 0, -1, 1, 0]  # any order, repeats and negative positions, as a list takes them
+        assert gallery.items_at(page) == [gallery.items[i] for i in page]
+        assert [item.image for item in gallery.items_at(page)] == [gallery.image_bytes(i) for i in page]
+        assert gallery.items_at([]) == []
+        with pytest.raises(IndexError):
+            gallery.items_at([len(gallery)])
+
+
 def test_repeated_ids_in_shards_are_skipped_and_counted(tmp_path):
     rows = rows_of([png(), png("blue"), png("green")])
     rows[2]["id"] = "img0"
