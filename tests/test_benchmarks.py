@@ -41,6 +41,17 @@ def test_benchmark_runs_and_prints_its_table(module, argv, capsys):
 
 
 @pytest.mark.slow
+def test_conversion_benchmark_converts_a_small_datasets_source_once(tmp_path, capsys):
+    from benchmarks import conversion
+
+    before = docs_digest()
+    assert conversion.main(["--images", "40", "--workdir", str(tmp_path), "--no-report"]) == 0
+    assert "40 images: first start" in capsys.readouterr().out
+    assert len(list((tmp_path / "40" / "state" / "datasets").glob("*/gallery-*.parquet"))) >= 1
+    assert docs_digest() == before
+
+
+@pytest.mark.slow
 def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
     """Noise, model 0, the app's queue and random arms through its API, export, retrain: all of it, tiny."""
     from benchmarks import feedback_loop
