@@ -140,22 +140,29 @@ def test_opening_a_gallery_reads_one_image_and_showing_one_reads_its_row_group(t
 
 
 def test_threads_showing_images_of_one_row_group_at_once_wait_for_one_read(tmp_path, monkeypatch):
+    """The first read of the row group holds on until all 8 threads have asked for an image of it."""
     import threading
-    import time
 
     write_gallery(rows_of([padded_jpeg(tail) for tail in noise(30, 20_000)]), tmp_path / "gallery")
     gallery, _ = load_gallery(tmp_path / "gallery")
-    gallery._images._row_group.cache_clear()
-    reads = []
-    real = ShardImages._read_row_group
+    images = gallery._images
+    reads, asked, everyone_asked = [], [], threading.Event()
+    real_read, real_group = ShardImages.read, ShardImages._read_row_group
 
-    def slow_read(self, place):
+    def asking(self, row):
+        asked.append(row)
+        if len(asked) == 8:
+            everyone_asked.set()
+        return real_read(self, row)
+
+    def read_when_everyone_asked(self, place):
         reads.append(place)
-        time.sleep(0.2)  # long enough for every thread to ask while the first reads
-        return real(self, place)
+        assert everyone_asked.wait(10)
+        return real_group(self, place)
 
-    monkeypatch.setattr(ShardImages, "_read_row_group", slow_read)
-    gallery._images._row_group = functools.lru_cache(maxsize=4)(gallery._images._read_row_group)
+    monkeypatch.setattr(ShardImages, "read", asking)
+    monkeypatch.setattr(ShardImages, "_read_row_group", read_when_everyone_asked)
+    images._row_group = functools.lru_cache(maxsize=4)(images._read_row_group)
     shown = [None] * 8
     threads = [threading.Thread(target=lambda i=i: shown.__setitem__(i, gallery.image_bytes(i))) for i in range(8)]
     for thread in threads:
