@@ -496,9 +496,15 @@ class Gallery:
         return self._items_of(self._table.slice(start, max(0, stop - start)).to_pydict())
 
     def items_at(self, indices: Sequence[int]) -> list[GalleryItem]:
-        """The items at ``indices`` in that order (a page of results), made in one pass over the table."""
+        """The items at ``indices`` in that order (a page of results), made in one conversion of their rows.
+
+        The rows are gathered as zero-copy one-row slices: ``Table.take`` on a table of many
+        chunks (one per shard) costs time in proportion to the whole table (20 ms at 1M rows
+        in 421 shards, against 0.2 ms for the slices).
+        """
         positions = [range(len(self))[index] for index in indices]  # IndexError as a list gives it
-        return self._items_of(self._table.take(pa.array(positions, pa.int64())).to_pydict())
+        rows = [self._table.slice(position, 1) for position in positions] or [self._table.slice(0, 0)]
+        return self._items_of(pa.concat_tables(rows).to_pydict())
 
     def _items_of(self, batch: dict[str, list]) -> list[GalleryItem]:
         reads = [functools.partial(self._images.read, row) for row in batch["row"]]
