@@ -290,12 +290,23 @@ def test_a_good_graph_is_kept_without_building_the_compressed_kind(tmp_path, mon
     assert [p.name.split("-")[1] for p in tmp_path.glob("*.faiss")] == ["hnsw"]
 
 
-def test_a_restart_makes_the_same_choice_from_both_stored_indexes(weak_graphs, tmp_path):
+def test_a_restart_makes_the_same_choice_from_both_stored_indexes(weak_graphs, tmp_path, monkeypatch):
     data, queries = clustered(4_000, 32, 100, seed=5)
     digests = {"name": "image", "model": "m", "gallery": "g", "store": IndexStore(tmp_path), "queries": queries}
     first = load_or_build_index(data, "auto", **digests)
     assert first.kind == "ivfpq-rerank" and first.origin == "built"
     assert sorted(p.name.split("-")[1] for p in tmp_path.glob("*.faiss")) == ["hnsw", "ivfpq"]  # both kept
+    import vse.serving.index as index_module
+
+    read = []
+    reading = index_module._read_faiss
+    monkeypatch.setattr(index_module, "_read_faiss", lambda path: read.append(path.name) or reading(path))
     again = load_or_build_index(data, "auto", **digests)
     assert again.kind == "ivfpq-rerank" and again.origin == "loaded" and again.calibration == first.calibration
     assert np.array_equal(again.search(queries, 10)[1], first.search(queries, 10)[1])
+    assert [name.split("-")[1] for name in read] == ["ivfpq"]  # chosen from the manifests: the graph is not read
+    compressed = next(tmp_path.glob("image-ivfpq*.faiss"))
+    compressed.write_bytes(compressed.read_bytes()[:-100])  # damaged: the graph is read and the other rebuilt
+    read.clear()
+    rebuilt = load_or_build_index(data, "auto", **digests)
+    assert rebuilt.kind == "ivfpq-rerank" and rebuilt.origin == "built" and read and "hnsw" in read[0]

@@ -701,21 +701,57 @@ def load_or_build_index(
     if chosen not in ("hnsw", "ivfpq-rerank"):
         queries = None  # nothing to calibrate
     digests = {"name": name, "model": model, "gallery": gallery}
+    if kind == "auto" and chosen == "hnsw" and store is not None:
+        stored = _stored_fallback(store, *(_kind_key(embeddings, k, queries, digests) for k in ("hnsw", FALLBACK_KIND)))
+        if stored is not None:
+            return stored
     index = _load_or_build_kind(embeddings, chosen, store, queries, digests)
     if kind == "auto" and falls_short(index):
         index = higher_recall(index, _load_or_build_kind(embeddings, FALLBACK_KIND, store, queries, digests))
     return index
 
 
+def _kind_key(embeddings: np.ndarray, kind: str, queries: np.ndarray | None, digests: dict) -> dict:
+    size, dim = np.shape(embeddings)
+    return index_key(
+        digests["name"], digests["model"], digests["gallery"], kind, build_parameters(kind, size, dim), size, dim,
+        calibration_key(queries),
+    )  # fmt: skip
+
+
+def stored_calibration(store: IndexStore, key: dict) -> Calibration | None:
+    """The calibration recorded in the manifest of the stored index of ``key``, without reading the
+    index (None where there is no matching manifest or it records none)."""
+    for folder in (*store.read_only, store.folder):
+        try:
+            manifest = json.loads(_manifest_path(stored_index_path(folder, key)).read_text())
+            if manifest.get("key") == key and manifest.get("digest") == key_digest(key) and manifest.get("search"):
+                return Calibration.from_json(manifest["search"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _stored_fallback(store: IndexStore, graph_key: dict, fallback_key: dict) -> SearchIndex | None:
+    """The stored compressed index where both manifests show it is what ``higher_recall`` would serve,
+    read without reading the HNSW graph (5 s and 1.3 GB at 1M vectors); else None."""
+    graph, fallback = stored_calibration(store, graph_key), stored_calibration(store, fallback_key)
+    if graph is None or fallback is None or graph.recall >= RECALL_FLOOR or fallback.recall <= graph.recall:
+        return None
+    index = _load_stored(store, fallback_key)
+    if index is not None:
+        log.warning("HNSW reached recall@%d %.3f at best, under %.2f; the compressed kind reached %.3f: %s serves "
+                    "(chosen from the stored manifests)", graph.k, graph.recall, RECALL_FLOOR, fallback.recall,
+                    index.kind)  # fmt: skip
+    return index
+
+
 def _load_or_build_kind(
     embeddings: np.ndarray, kind: str, store: IndexStore | None, queries: np.ndarray | None, digests: dict
 ) -> SearchIndex:
-    size, dim = np.shape(embeddings)
+    size = np.shape(embeddings)[0]
     name = digests["name"]
-    key = index_key(
-        name, digests["model"], digests["gallery"], kind, build_parameters(kind, size, dim), size, dim,
-        calibration_key(queries),
-    )  # fmt: skip
+    key = _kind_key(embeddings, kind, queries, digests)
     if store is not None and kind != "exact":
         stored = _load_stored(store, key)
         if stored is not None:
