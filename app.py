@@ -293,7 +293,7 @@ class AppConfig:
     index: str = field(
         default="auto",
         metadata={"help": f"faiss index kind, one of {INDEX_KINDS}, or qdrant+http://HOST:PORT, qdrant+file:FOLDER, "
-                  "qdrant+memory: (vse.serving.engine_index)"},
+                  "qdrant+memory:, qdrant+edge:FOLDER (vse.serving.engine_index)"},
     )  # fmt: skip
     query_precision: str = field(
         default="int8",

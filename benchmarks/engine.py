@@ -1,13 +1,20 @@
-"""Qdrant's local mode against exact search: fill time, query latency, memory (figures in docs/SCALING.md).
+"""Qdrant in this process against exact search: fill time, query latency, memory, and the recall of
+the engine's own HNSW (figures in docs/SCALING.md).
 
-    python -m benchmarks.engine --sizes 10000 50000
+    python -m benchmarks.engine --sizes 10000 50000 [--edge-stand-in 100000]
 
 Local mode is the qdrant-client package's own brute-force search in Python and
 numpy (no server, no HNSW): these figures say what ``--index qdrant+memory:`` and
 ``qdrant+file:`` cost on one machine, not how a Qdrant server or cluster performs.
-Vectors are random unit vectors at the app's dimension (256); only timings and
-sizes matter here, not recall (the tests check that the top-k is exact).
-Prints a table; writes nothing.
+Its vectors are random unit vectors at the app's dimension (256); only timings and
+sizes matter there, not recall (the tests check that the top-k is exact).
+
+Qdrant Edge (``--index qdrant+edge:FOLDER``) runs the engine's own storage, optimizer
+and HNSW code in this process, so its recall is the engine's: it is measured on real
+embeddings (the demo's images queried by its captions, as ``benchmarks.search`` does)
+and on ``--edge-stand-in`` noisy copies of them (as ``benchmarks.startup`` builds its
+gallery), at Qdrant's own thresholds and with every segment indexed.
+Prints tables; writes nothing.
 """
 
 from __future__ import annotations
@@ -76,12 +83,61 @@ def file_fill_rate(points: int, dim: int) -> float:
     return points / seconds
 
 
+def edge_row(name: str, data: np.ndarray, queries: np.ndarray, scan_kb: int) -> list:
+    """Fill and index a Qdrant Edge shard of ``data`` (segments under ``scan_kb`` KB scanned); time single
+    queries and measure recall@10 against exact search (ties counted as found, as benchmarks.search does)."""
+    from benchmarks.search import ground_truth, tie_aware_recall
+    from vse.serving import engine_index
+
+    saved, engine_index.EDGE_FULL_SCAN_KB = engine_index.EDGE_FULL_SCAN_KB, scan_kb
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            engine = connect(parse_index_url(f"qdrant+edge:{folder}"))
+            start = time.perf_counter()
+            index = load_or_fill_index(engine, data, name="image", model="bench", gallery=name, local=True)
+            build_s = time.perf_counter() - start
+            shard = next(iter(engine.shards.values()))
+            indexed = shard.info().indexed_vectors_count
+            latencies = query_latencies(lambda q: index.search(q, 10), queries)
+            found = index.search(queries, 10)[1]
+            engine.close()
+    finally:
+        engine_index.EDGE_FULL_SCAN_KB = saved
+    recall = tie_aware_recall(data, queries, found, ground_truth(data, queries))
+    exact = query_latencies(lambda q: exact_search(data, q, 10), queries)
+    how = "graph" if indexed else "scan"
+    return [name, f"{len(data):,}", f"{scan_kb:,} KB ({how})", f"{build_s:.1f}", f"{percentile_ms(latencies, 50):.2f}",
+            f"{percentile_ms(latencies, 99):.2f}", f"{percentile_ms(exact, 50):.2f}", f"{recall:.3f}"]  # fmt: skip
+
+
+def edge_table(stand_in: int, queries: int) -> str:
+    """Qdrant Edge on the demo's real embeddings and on a stand-in set of ``stand_in`` rows (0: none)."""
+    from benchmarks.search import assets_embeddings, query_split, stand_in_set
+    from vse.serving.engine_index import EDGE_FULL_SCAN_KB
+
+    assets = assets_embeddings()
+    if assets is None:
+        return "(no assets/: Qdrant Edge not measured)"
+    sets = [(f"demo {len(assets['images']):,} caption→image", assets["images"], query_split(assets["captions"])[0])]
+    sets += [(name, data, measured) for name, data, measured, _ in (stand_in_set(stand_in) if stand_in else [])]
+    rows = []
+    for name, data, measured in sets:
+        for scan_kb in (EDGE_FULL_SCAN_KB, 1):
+            rows.append(edge_row(name, data, measured[:queries], scan_kb))
+            print("  ", " | ".join(rows[-1]), flush=True)
+    header = ["data", "vectors", "scanned below", "fill + index s", "edge p50 ms", "edge p99 ms", "exact p50 ms",
+              "recall@10"]  # fmt: skip
+    return markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--file-points", type=int, default=1000)
+    parser.add_argument("--edge-stand-in", type=int, default=0, help="rows of a stand-in set for Qdrant Edge (0: none)")
+    parser.add_argument("--no-edge", action="store_true", help="leave Qdrant Edge out")
     parser.add_argument("--no-report", action="store_true", help="accepted for symmetry: this script writes nothing")
     args = parser.parse_args(argv)
     queries = unit_vectors(args.queries, args.dim, 1)
@@ -92,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(header, rows))
     print("\nload average (1, 5, 15 min) after the runs: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     print(f"\nlocal mode on disk (qdrant+file:): {file_fill_rate(args.file_points, args.dim):,.0f} points/s written")
+    if not args.no_edge:
+        print(f"\nQdrant Edge, {args.queries} single queries, HNSW M and efConstruction as vse.serving.index builds, "
+              "efSearch as vse.serving.index.hnsw_search_depth gives for the size:\n")  # fmt: skip
+        print(edge_table(args.edge_stand_in, args.queries))
     return 0
 
 

@@ -92,6 +92,7 @@ def test_the_engine_benchmark_runs_and_prints_its_table(capsys):
     assert engine.main(["--sizes", "300", "--queries", "5", "--file-points", "5"]) == 0
     printed = capsys.readouterr().out
     assert "| 300 |" in printed and "points/s written" in printed
+    assert "(graph) |" in printed or "(no assets/: Qdrant Edge not measured)" in printed  # the engine's HNSW
 
 
 @pytest.mark.slow

@@ -12,11 +12,15 @@ Index URLs (``parse_index_url``; the faiss kinds of ``vse.serving.index.KINDS`` 
     qdrant+https://HOST[:PORT][/PREFIX][?api_key_env=NAME]  the same over TLS
     qdrant+file:///ABSOLUTE/FOLDER  or  qdrant+file:RELATIVE/FOLDER   local mode, kept in a folder
     qdrant+memory:                                          local mode in this process (tests)
+    qdrant+edge:///ABSOLUTE/FOLDER  or  qdrant+edge:RELATIVE/FOLDER   Qdrant Edge, kept in a folder
 
 An API key is never written in the URL: ``api_key_env`` names the environment
 variable that holds it.  Local mode is the client's own brute-force Python
 implementation (no server, one process per folder): right for tests and small
-galleries, not a stand-in for the server's speed.
+galleries, not a stand-in for the server's speed.  Qdrant Edge (``qdrant-edge-py``,
+``EdgeEngine``) is the engine's own storage, optimizer and HNSW code run in this
+process, one shard per collection: no server either, but the server's indexing and
+search, so its recall and speed are the engine's.
 
 A collection is named by a digest of everything its vectors depend on (model,
 gallery, index name, size, dimension), as ``vse.serving.index`` keys stored faiss
@@ -34,8 +38,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -49,8 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINE_SCHEMES = ("qdrant+http", "qdrant+https", "qdrant+file", "qdrant+memory")
-URL_FORMS = "qdrant+http://HOST[:PORT], qdrant+https://HOST[:PORT], qdrant+file:FOLDER or qdrant+memory:"
+ENGINE_SCHEMES = ("qdrant+http", "qdrant+https", "qdrant+file", "qdrant+memory", "qdrant+edge")
+URL_FORMS = (
+    "qdrant+http://HOST[:PORT], qdrant+https://HOST[:PORT], qdrant+file:FOLDER, qdrant+memory: or qdrant+edge:FOLDER"
+)
 # Part of every collection's name: bump it when what a collection holds changes.
 COLLECTION_FORMAT = 1
 UPLOAD_BATCH = 256  # points per upsert request: Qdrant advises 64-256 (docs/SCALING.md)
@@ -84,15 +92,17 @@ class EngineError(RuntimeError):
 class EngineLocation:
     """Where the engine is: a ``server`` at ``url``, a local-mode ``file`` folder, or ``memory``."""
 
-    mode: str  # "server", "file" or "memory"
+    mode: str  # "server", "file", "memory" or "edge"
     url: str | None = None  # http(s)://HOST:PORT[/PREFIX], for a server
-    path: str | None = None  # the folder, for local mode on disk
+    path: str | None = None  # the folder, for local mode on disk and for Qdrant Edge
     api_key_env: str | None = None  # the variable holding a server's API key (never the key)
 
     def describe(self) -> str:
         """The location for logs: no key, only the variable's name."""
         if self.mode == "server":
             return self.url + (f" (API key from ${self.api_key_env})" if self.api_key_env else "")
+        if self.mode == "edge":
+            return f"Qdrant Edge in {self.path}"
         return f"local mode in {self.path}" if self.mode == "file" else "local mode in memory"
 
 
@@ -110,8 +120,8 @@ def parse_index_url(url: str) -> EngineLocation:
         if rest:
             raise IndexURLError(f"qdrant+memory: takes nothing after the colon, got {shown(url)!r}")
         return EngineLocation("memory")
-    if scheme == "qdrant+file":
-        return EngineLocation("file", path=_local_folder(url, rest))
+    if scheme in ("qdrant+file", "qdrant+edge"):
+        return EngineLocation(scheme.removeprefix("qdrant+"), path=_local_folder(url, scheme, rest))
     return _server_location(url, scheme.removeprefix("qdrant+"))
 
 
@@ -120,21 +130,17 @@ def shown(url: str) -> str:
     return re.split(r"[?#]", url, maxsplit=1)[0]
 
 
-def _local_folder(url: str, rest: str) -> str:
-    """The folder of ``qdrant+file:RELATIVE`` or ``qdrant+file:///ABSOLUTE``."""
+def _local_folder(url: str, scheme: str, rest: str) -> str:
+    """The folder of ``<scheme>:RELATIVE`` or ``<scheme>:///ABSOLUTE`` (``qdrant+file``, ``qdrant+edge``)."""
     if "?" in rest or "#" in rest:
-        raise IndexURLError(f"qdrant+file: takes a folder and no options, got {shown(url)!r}")
+        raise IndexURLError(f"{scheme}: takes a folder and no options, got {shown(url)!r}")
     if rest.startswith("//"):
         host, slash, path = rest[2:].partition("/")
         if host:
-            raise IndexURLError(
-                f"qdrant+file:// names a folder on this machine, not on {host!r}: use qdrant+file:///PATH"
-            )
+            raise IndexURLError(f"{scheme}:// names a folder on this machine, not on {host!r}: use {scheme}:///PATH")
         rest = slash + path
     if not rest.strip("/"):
-        raise IndexURLError(
-            f"{url!r} names no folder: use qdrant+file:///ABSOLUTE/FOLDER or qdrant+file:RELATIVE/FOLDER"
-        )
+        raise IndexURLError(f"{url!r} names no folder: use {scheme}:///ABSOLUTE/FOLDER or {scheme}:RELATIVE/FOLDER")
     return rest
 
 
@@ -174,8 +180,10 @@ def check_index_setting(setting: str) -> None:
 
 
 # ------------------------------------------------------------------ the engine
-def connect(location: EngineLocation, environ: dict[str, str] | None = None) -> QdrantClient:
+def connect(location: EngineLocation, environ: dict[str, str] | None = None) -> QdrantClient | EdgeEngine:
     """A client of the engine at ``location``; one per process and location (local mode locks its folder)."""
+    if location.mode == "edge":
+        return EdgeEngine(Path(location.path))
     from qdrant_client import QdrantClient
 
     if location.mode == "memory":
@@ -296,13 +304,15 @@ def _api_errors() -> tuple[type[Exception], ...]:
 
 
 def load_or_fill_index(
-    client: QdrantClient, embeddings: np.ndarray, *, name: str, model: str, gallery: str, local: bool
-) -> QdrantIndex:
+    client: QdrantClient | EdgeEngine, embeddings: np.ndarray, *, name: str, model: str, gallery: str, local: bool
+) -> VectorIndex:
     """The collection of ``name`` ("image", "caption") for these digests: reused when whole, else filled.
 
     ``model`` and ``gallery`` are the digests the embeddings depend on, as for
     ``vse.serving.index.load_or_build_index``.  ``EngineError`` when the engine refuses or cannot be reached.
     """
+    if isinstance(client, EdgeEngine):
+        return client.load_or_fill(embeddings, name=name, model=model, gallery=gallery)
     try:
         return _load_or_fill(client, embeddings, name=name, model=model, gallery=gallery, local=local)
     except _api_errors() as err:
@@ -327,3 +337,144 @@ def _load_or_fill(
     fill_collection(client, collection, vectors, name)
     log.info("filled the %s collection %s (%d vectors) in %.1f s", name, collection, size, time.perf_counter() - start)
     return QdrantIndex(client, collection, size, dim, origin="built", local=local)
+
+
+# ------------------------------------------------------------------ Qdrant Edge
+EDGE_BATCH = 1024  # points per upsert: in-process, so no request size to respect
+# A segment with less vector data than this is scanned, not indexed and searched by graph (Qdrant's
+# default for both its indexing and full-scan thresholds).
+EDGE_FULL_SCAN_KB = 10_000
+
+
+def _edge_errors() -> tuple[type[Exception], ...]:
+    """What qdrant-edge raises for a shard it cannot open, create, update or search: plain ``Exception``
+    ("Service runtime error: ..."), and ``OSError`` for the folder."""
+    return (Exception,)
+
+
+@dataclass
+class EdgeIndex:
+    """One Qdrant Edge shard (one collection), searched by inner product through the engine's own HNSW."""
+
+    shard: object  # qdrant_edge.EdgeShard
+    size: int
+    dim: int
+    origin: str = "built"
+    kind: str = "qdrant-edge"
+
+    def memory_bytes(self) -> int:
+        """Bytes of the vectors the shard keeps (memory-mapped, cached by the engine), graph not counted."""
+        return self.size * self.dim * 4
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) scores and (Q, k) row ids, best first (ties: lower id first); ids are -1 where fewer than k exist."""
+        import qdrant_edge
+
+        queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"expected (Q, {self.dim}) queries, got shape {queries.shape}")
+        if self.size == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        k = max(1, min(int(k), self.size))
+        params = qdrant_edge.SearchParams(hnsw_ef=max(k, hnsw_search_depth(self.size)))
+        requests = [
+            qdrant_edge.QueryRequest(limit=k, query=qdrant_edge.Query.Nearest(query.tolist()), params=params)
+            for query in queries
+        ]
+        try:
+            responses = self.shard.query_batch(qdrant_edge.QueryBatchRequest(requests))
+        except _edge_errors() as err:
+            raise EngineError(f"Qdrant Edge could not search: {err}") from err
+        return _as_arrays([[(p.score, int(p.id)) for p in response] for response in responses], k)
+
+
+class EdgeEngine:
+    """Qdrant Edge in ``folder``: one shard per collection (``<folder>/<collection name>``), opened once.
+
+    A shard holding every row is reused; a missing one is created, a partial one (a
+    start killed part-way) completed by idempotent upserts; then the engine's
+    optimizer builds its HNSW graph (``EdgeShard.optimize``, which returns at once
+    when there is nothing left to do).  One process per folder.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.shards: dict[str, object] = {}
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+        self.shards.clear()
+
+    def load_or_fill(self, embeddings: np.ndarray, *, name: str, model: str, gallery: str) -> EdgeIndex:
+        try:
+            import qdrant_edge  # noqa: F401 - an absent package is named in the error below
+        except ImportError as err:
+            raise EngineError("qdrant+edge: needs the qdrant-edge-py package (pip install qdrant-edge-py)") from err
+        vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+        size, dim = vectors.shape
+        collection = collection_name(collection_key(name, model, gallery, size, dim))
+        try:
+            return self._load_or_fill(vectors, name, collection)
+        except _edge_errors() as err:
+            raise EngineError(f"Qdrant Edge in {self.folder} could not serve {collection}: {err}") from err
+
+    def _load_or_fill(self, vectors: np.ndarray, name: str, collection: str) -> EdgeIndex:
+        import qdrant_edge
+
+        size, dim = vectors.shape
+        path = self.folder / collection
+        shard = self.shards.get(collection)
+        if shard is None:
+            shard = _open_shard(path, dim) if path.is_dir() and any(path.iterdir()) else None
+            if shard is None:
+                path.mkdir(parents=True, exist_ok=True)
+                shard = qdrant_edge.EdgeShard.create(str(path), edge_config(dim))
+            self.shards[collection] = shard
+        stored = shard.count(qdrant_edge.CountRequest(exact=True))
+        origin = "loaded"
+        if stored != size:
+            if stored:
+                log.warning("Qdrant Edge shard %s holds %d of %d vectors: completing it", collection, stored, size)
+            start = time.perf_counter()
+            for first in tqdm(range(0, size, EDGE_BATCH), desc=f"filling the {name} shard", unit="batch"):
+                points = [
+                    qdrant_edge.Point(row, vectors[row].tolist()) for row in range(first, min(first + EDGE_BATCH, size))
+                ]
+                shard.update(qdrant_edge.UpdateOperation.upsert_points(points))
+            log.info(
+                "filled the %s shard %s (%d vectors) in %.1f s", name, collection, size, time.perf_counter() - start
+            )
+            origin = "built"
+        start = time.perf_counter()
+        if shard.optimize():
+            shard.flush()
+            log.info("Qdrant Edge indexed the %s shard in %.1f s", name, time.perf_counter() - start)
+        log.info("the %s index is the Qdrant Edge shard %s (%d vectors)", name, path, size)
+        return EdgeIndex(shard, size, dim, origin=origin)
+
+
+def _open_shard(path: Path, dim: int):
+    """The shard stored at ``path``, or None after removing one the engine cannot read (a start killed
+    while writing it): like a damaged stored faiss index, it is made again from the embeddings."""
+    import qdrant_edge
+
+    try:
+        return qdrant_edge.EdgeShard.load(str(path), edge_config(dim))  # checked against the config
+    except Exception as err:  # noqa: BLE001 - qdrant-edge raises plain Exception for what it cannot read
+        log.warning("Qdrant Edge cannot read the shard %s, it will be made again: %s", path, err)
+    shutil.rmtree(path)
+    return None
+
+
+def edge_config(dim: int):
+    """A shard of ``dim``-d vectors compared by inner product, HNSW as ``vse.serving.index`` builds it."""
+    import qdrant_edge
+
+    return qdrant_edge.EdgeConfig(
+        vectors=qdrant_edge.EdgeVectorParams(size=dim, distance=qdrant_edge.Distance.Dot),
+        hnsw_config=qdrant_edge.HnswIndexConfig(
+            m=HNSW_NEIGHBOURS, ef_construct=HNSW_BUILD_DEPTH, full_scan_threshold=EDGE_FULL_SCAN_KB
+        ),
+        optimizers=qdrant_edge.EdgeOptimizersConfig(indexing_threshold=EDGE_FULL_SCAN_KB),
+    )
