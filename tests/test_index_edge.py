@@ -92,6 +92,37 @@ def test_the_engines_graph_finds_the_nearest_rows(graph_search, tmp_path):
         engine.close()
 
 
+def test_hnsw_ef_is_chosen_by_measured_recall_and_kept_for_the_next_start(graph_search, tmp_path, monkeypatch):
+    from vse.serving.index import CALIBRATION_K, RECALL_TARGET, recall_at_k
+
+    data, queries = clustered(4000, DIM, 7)
+    calibration, held_out = queries[:50], queries[50:]
+    engine = open_edge(tmp_path)
+    index = fill(engine, data, queries=calibration)
+    chosen = index.calibration
+    assert chosen is not None and chosen.settings == {"ef_search": index.ef_search} and chosen.queries == 50
+    kth = exact_search(data, calibration, CALIBRATION_K)[0][:, -1]
+    found = index.search(calibration, CALIBRATION_K)[1]
+    assert recall_at_k(data, calibration, found, kth) == pytest.approx(chosen.recall)
+    assert chosen.recall >= RECALL_TARGET or index.ef_search == 1024  # met, or the ladder's top was reached
+    held_kth = exact_search(data, held_out, CALIBRATION_K)[0][:, -1]
+    assert recall_at_k(data, held_out, index.search(held_out, CALIBRATION_K)[1], held_kth) >= 0.95
+    engine.close()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(engine_index, "calibrate_edge", refuse)
+    engine = open_edge(tmp_path)
+    try:
+        again = fill(engine, data, queries=calibration)
+        assert again.origin == "loaded" and again.calibration == chosen and again.ef_search == index.ef_search
+        with pytest.raises(EngineError, match="measured again"):  # other queries: another calibration
+            fill(engine, data, queries=held_out)
+    finally:
+        engine.close()
+
+
 def test_a_whole_shard_is_reused_after_a_restart(graph_search, tmp_path, monkeypatch):
     data, queries = clustered(2000, DIM, 4)
     engine = open_edge(tmp_path)

@@ -48,7 +48,20 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 from tqdm.auto import tqdm
 
-from vse.serving.index import HNSW_BUILD_DEPTH, HNSW_NEIGHBOURS, KINDS, hnsw_search_depth
+from vse.serving.index import (
+    CALIBRATION_K,
+    HNSW_BUILD_DEPTH,
+    HNSW_NEIGHBOURS,
+    KINDS,
+    RECALL_TARGET,
+    Calibration,
+    calibration_key,
+    candidate_settings,
+    choose_measured,
+    exact_search,
+    hnsw_search_depth,
+    recall_at_k,
+)
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -304,15 +317,23 @@ def _api_errors() -> tuple[type[Exception], ...]:
 
 
 def load_or_fill_index(
-    client: QdrantClient | EdgeEngine, embeddings: np.ndarray, *, name: str, model: str, gallery: str, local: bool
+    client: QdrantClient | EdgeEngine,
+    embeddings: np.ndarray,
+    *,
+    name: str,
+    model: str,
+    gallery: str,
+    local: bool,
+    queries: np.ndarray | None = None,
 ) -> VectorIndex:
     """The collection of ``name`` ("image", "caption") for these digests: reused when whole, else filled.
 
     ``model`` and ``gallery`` are the digests the embeddings depend on, as for
     ``vse.serving.index.load_or_build_index``.  ``EngineError`` when the engine refuses or cannot be reached.
+    ``queries``: calibration queries (Qdrant Edge chooses its ``hnsw_ef`` by measured recall on them).
     """
     if isinstance(client, EdgeEngine):
-        return client.load_or_fill(embeddings, name=name, model=model, gallery=gallery)
+        return client.load_or_fill(embeddings, name=name, model=model, gallery=gallery, queries=queries)
     try:
         return _load_or_fill(client, embeddings, name=name, model=model, gallery=gallery, local=local)
     except _api_errors() as err:
@@ -361,6 +382,8 @@ class EdgeIndex:
     dim: int
     origin: str = "built"
     kind: str = "qdrant-edge"
+    ef_search: int = 0  # the engine's hnsw_ef; 0: vse.serving.index.hnsw_search_depth for the size
+    calibration: Calibration | None = None  # how ef_search was chosen (calibrate_edge)
 
     def memory_bytes(self) -> int:
         """Bytes of the vectors the shard keeps (memory-mapped, cached by the engine), graph not counted."""
@@ -376,7 +399,7 @@ class EdgeIndex:
         if self.size == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         k = max(1, min(int(k), self.size))
-        params = qdrant_edge.SearchParams(hnsw_ef=max(k, hnsw_search_depth(self.size)))
+        params = qdrant_edge.SearchParams(hnsw_ef=max(k, self.ef_search or hnsw_search_depth(self.size)))
         requests = [
             qdrant_edge.QueryRequest(limit=k, query=qdrant_edge.Query.Nearest(query.tolist()), params=params)
             for query in queries
@@ -406,7 +429,9 @@ class EdgeEngine:
             shard.close()
         self.shards.clear()
 
-    def load_or_fill(self, embeddings: np.ndarray, *, name: str, model: str, gallery: str) -> EdgeIndex:
+    def load_or_fill(
+        self, embeddings: np.ndarray, *, name: str, model: str, gallery: str, queries: np.ndarray | None = None
+    ) -> EdgeIndex:
         try:
             import qdrant_edge  # noqa: F401 - an absent package is named in the error below
         except ImportError as err:
@@ -415,9 +440,31 @@ class EdgeEngine:
         size, dim = vectors.shape
         collection = collection_name(collection_key(name, model, gallery, size, dim))
         try:
-            return self._load_or_fill(vectors, name, collection)
+            index = self._load_or_fill(vectors, name, collection)
+            if queries is not None and len(queries):
+                self._calibrate(index, vectors, queries, collection)
+            return index
         except _edge_errors() as err:
             raise EngineError(f"Qdrant Edge in {self.folder} could not serve {collection}: {err}") from err
+
+    def _calibrate(self, index: EdgeIndex, vectors: np.ndarray, queries: np.ndarray, collection: str) -> None:
+        """Set ``index``'s ef_search by measured recall (``calibrate_edge``), read back from
+        ``<folder>/<collection>.search.json`` when a calibration on these queries of this shard is there."""
+        path = self.folder / f"{collection}.search.json"
+        key = {"collection": collection, "calibration": calibration_key(queries), "size": index.size}
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                index.calibration = Calibration.from_json(stored["search"])
+                index.ef_search = int(index.calibration.settings["ef_search"])
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or unreadable: measure again
+        index.calibration = calibrate_edge(index, vectors, queries)
+        if index.calibration is not None:
+            log.info("Qdrant Edge %s: hnsw_ef %d, recall@%d %.3f on %d queries", collection, index.ef_search,
+                     index.calibration.k, index.calibration.recall, index.calibration.queries)  # fmt: skip
+            path.write_text(json.dumps({"key": key, "search": index.calibration.to_json()}, indent=1))
 
     def _load_or_fill(self, vectors: np.ndarray, name: str, collection: str) -> EdgeIndex:
         import qdrant_edge
@@ -452,6 +499,30 @@ class EdgeEngine:
             log.info("Qdrant Edge indexed the %s shard in %.1f s", name, time.perf_counter() - start)
         log.info("the %s index is the Qdrant Edge shard %s (%d vectors)", name, path, size)
         return EdgeIndex(shard, size, dim, origin=origin)
+
+
+def calibrate_edge(
+    index: EdgeIndex, vectors: np.ndarray, queries: np.ndarray, target: float = RECALL_TARGET, k: int = CALIBRATION_K
+) -> Calibration | None:
+    """Choose the engine's ``hnsw_ef`` as ``vse.serving.index.calibrate_search`` chooses faiss's efSearch:
+    the cheapest value on HNSW's ladder whose recall@k on ``queries`` reaches ``target``, else the cheapest
+    within the slack of the best (None, nothing set, with no queries or no more rows than k)."""
+    vectors, queries = np.asarray(vectors, dtype=np.float32), np.asarray(queries, dtype=np.float32)
+    if not len(queries) or index.size <= k:
+        return None
+    kth_scores = exact_search(vectors, queries, k)[0][:, -1]
+    measured: list[tuple[float, dict[str, int]]] = []
+    for settings in candidate_settings("hnsw", index.size, index.dim):
+        index.ef_search = settings["ef_search"]
+        measured.append((recall_at_k(vectors, queries, index.search(queries, k)[1], kth_scores), settings))
+        if measured[-1][0] >= target:
+            break
+    recall, settings = choose_measured(measured, target)
+    index.ef_search = settings["ef_search"]
+    if recall < target:
+        log.warning("Qdrant Edge: no hnsw_ef reached recall@%d %.2f (best %.3f); kept %d at %.3f",
+                    k, target, max(r for r, _ in measured), index.ef_search, recall)  # fmt: skip
+    return Calibration(settings, recall, len(queries), target, k)
 
 
 def _open_shard(path: Path, dim: int):

@@ -235,10 +235,10 @@ class RetrievalService:
         self, name: str, vectors: torch.Tensor, queries: torch.Tensor, kind: str, store: IndexStore | None
     ) -> VectorIndex:
         digests = {"name": name, "model": self.revision, "gallery": self.embeddings.gallery}
+        sample = calibration_queries(queries.numpy())
         if self.engine is not None:
             local = parse_index_url(kind).mode != "server"
-            return load_or_fill_index(self.engine, vectors.numpy(), local=local, **digests)
-        sample = calibration_queries(queries.numpy())
+            return load_or_fill_index(self.engine, vectors.numpy(), local=local, queries=sample, **digests)
         return load_or_build_index(
             vectors.numpy(), kind, store=store, queries=sample if len(sample) else None, **digests
         )
