@@ -1,25 +1,21 @@
 """Qdrant Edge (``--index qdrant+edge:FOLDER``): the engine's own storage, optimizer and HNSW search in
 this process.  Small shards are scanned (exact top-k); shards past the full-scan threshold are searched
 through the engine's graph (recall against exact search); shards are reused, completed and kept apart
-as collections are, and the app answers through them."""
+as collections are.  URLs, the service and the app on Edge: tests/test_index_engine.py."""
 
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from vse import VSEConfig, VSEModel
 from vse.serving import engine_index
 from vse.serving.engine_index import (
     EdgeEngine,
     EngineError,
-    EngineLocation,
-    IndexURLError,
-    check_index_setting,
     collection_key,
     collection_name,
     connect,
@@ -28,10 +24,8 @@ from vse.serving.engine_index import (
     parse_index_url,
 )
 from vse.serving.index import exact_search
-from vse.testing.app_runner import ASSETS, running_app
-from vse.vocab import vocabulary_from_words
 
-from .test_index_engine import assert_same_top_k, service, unit_vectors
+from .test_index_engine import assert_same_top_k, unit_vectors
 
 qdrant_edge = pytest.importorskip("qdrant_edge")
 
@@ -66,19 +60,15 @@ def graph_search(monkeypatch):
 @pytest.mark.parametrize("k", [1, 10, 50])
 def test_a_small_shard_returns_the_exact_top_k(k, tmp_path):
     data, queries = unit_vectors(ROWS, DIM, 0), unit_vectors(25, DIM, 1)
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         index = fill(engine, data)
         assert (index.kind, index.size, index.dim, index.origin) == ("qdrant-edge", ROWS, DIM, "built")
         assert_same_top_k(data, queries, index.search(queries, k), exact_search(data, queries, k))
-    finally:
-        engine.close()
 
 
 def test_the_engines_graph_finds_the_nearest_rows(graph_search, tmp_path):
     data, queries = clustered(4000, DIM, 3)
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         index = fill(engine, data)
         shard = engine.shards[next(iter(engine.shards))]
         assert shard.info().indexed_vectors_count == len(data)  # the graph holds every row
@@ -88,8 +78,6 @@ def test_the_engines_graph_finds_the_nearest_rows(graph_search, tmp_path):
         assert recall >= 0.95
         np.testing.assert_allclose(np.einsum("qkd,qd->qk", data[ids], queries), scores, atol=1e-5)
         assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
-    finally:
-        engine.close()
 
 
 def test_hnsw_ef_is_chosen_by_measured_recall_and_kept_for_the_next_start(graph_search, tmp_path, monkeypatch):
@@ -113,14 +101,11 @@ def test_hnsw_ef_is_chosen_by_measured_recall_and_kept_for_the_next_start(graph_
         raise AssertionError("measured again")
 
     monkeypatch.setattr(engine_index, "calibrate_edge", refuse)
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         again = fill(engine, data, queries=calibration)
         assert again.origin == "loaded" and again.calibration == chosen and again.ef_search == index.ef_search
         with pytest.raises(EngineError, match="measured again"):  # other queries: another calibration
             fill(engine, data, queries=held_out)
-    finally:
-        engine.close()
 
 
 def test_a_whole_shard_is_reused_after_a_restart(graph_search, tmp_path, monkeypatch):
@@ -133,15 +118,12 @@ def test_a_whole_shard_is_reused_after_a_restart(graph_search, tmp_path, monkeyp
         raise AssertionError("a whole shard was filled again")
 
     monkeypatch.setattr(qdrant_edge.UpdateOperation, "upsert_points", refuse)
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         index = fill(engine, data)
         assert index.origin == "loaded"
         again = index.search(queries, 10)
         np.testing.assert_array_equal(again[1], first[1])
         np.testing.assert_allclose(again[0], first[0])
-    finally:
-        engine.close()
 
 
 def test_a_partial_shard_is_completed(tmp_path):
@@ -155,32 +137,25 @@ def test_a_partial_shard_is_completed(tmp_path):
     )
     shard.flush()
     shard.close()
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         index = fill(engine, data)
         assert index.origin == "built"
         assert engine.shards[path.name].count(qdrant_edge.CountRequest(exact=True)) == ROWS
         assert_same_top_k(data, queries, index.search(queries, 10), exact_search(data, queries, 10))
-    finally:
-        engine.close()
 
 
 @pytest.mark.parametrize("change", [{"model": "model-b"}, {"gallery": "gallery-b"}, {"name": "caption"}])
 def test_a_shard_made_for_something_else_is_not_used(change, tmp_path):
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         fill(engine, unit_vectors(50, DIM, 0))
         other = fill(engine, unit_vectors(50, DIM, 5), **change)
         assert other.origin == "built" and len(engine.shards) == 2
-    finally:
-        engine.close()
 
 
 def test_concurrent_searches_answer_as_one_at_a_time(graph_search, tmp_path):
     """The app searches from several Gradio worker threads at once."""
     data, queries = clustered(3000, DIM, 6)
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         index = fill(engine, data)
         alone = [index.search(queries[i : i + 1], 10)[1] for i in range(len(queries))]
         together: list = [None] * len(queries)
@@ -195,17 +170,11 @@ def test_concurrent_searches_answer_as_one_at_a_time(graph_search, tmp_path):
         for thread in threads:
             thread.join()
         assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
-    finally:
-        engine.close()
 
 
 def test_queries_of_the_wrong_dimension_are_refused(tmp_path):
-    engine = open_edge(tmp_path)
-    try:
-        with pytest.raises(ValueError, match="queries"):
-            fill(engine, unit_vectors(10, DIM, 0)).search(unit_vectors(1, DIM + 1, 1), 3)
-    finally:
-        engine.close()
+    with closing(open_edge(tmp_path)) as engine, pytest.raises(ValueError, match="queries"):
+        fill(engine, unit_vectors(10, DIM, 0)).search(unit_vectors(1, DIM + 1, 1), 3)
 
 
 def test_a_shard_folder_holding_no_segments_is_filled_again(tmp_path):
@@ -214,83 +183,13 @@ def test_a_shard_folder_holding_no_segments_is_filled_again(tmp_path):
     path = tmp_path / "edge" / collection_name(collection_key("image", "model-a", "gallery-a", 40, DIM))
     path.mkdir(parents=True)
     (path / "edge_config.json").write_text("{half a file")
-    engine = open_edge(tmp_path)
-    try:
+    with closing(open_edge(tmp_path)) as engine:
         index = fill(engine, data)
         assert index.origin == "built"
         assert_same_top_k(data, queries, index.search(queries, 5), exact_search(data, queries, 5))
-    finally:
-        engine.close()
 
 
 def test_an_engine_folder_that_cannot_be_written_is_an_engine_error(tmp_path):
     (tmp_path / "edge").write_text("a file where the folder should be")
     with pytest.raises(EngineError, match="Qdrant Edge in .* could not serve"):
         fill(open_edge(tmp_path), unit_vectors(10, DIM, 0))
-
-
-# ------------------------------------------------------------------ URLs
-@pytest.mark.parametrize(
-    "url, location",
-    [
-        ("qdrant+edge:engine/edge", EngineLocation("edge", path="engine/edge")),
-        ("qdrant+edge:///srv/edge", EngineLocation("edge", path="/srv/edge")),
-    ],
-)
-def test_edge_urls_name_a_folder(url, location):
-    assert parse_index_url(url) == location
-    check_index_setting(url)
-
-
-@pytest.mark.parametrize(
-    "url, message",
-    [
-        ("qdrant+edge:", "names no folder: use qdrant\\+edge:///"),
-        ("qdrant+edge://server/share", "not on 'server'"),
-        ("qdrant+edge:folder?api_key=secret", "qdrant\\+edge: takes a folder and no options"),
-    ],
-)
-def test_bad_edge_urls_are_refused_clearly(url, message):
-    with pytest.raises(IndexURLError, match=message) as refused:
-        check_index_setting(url)
-    assert "secret" not in str(refused.value)
-
-
-# ------------------------------------------------------------------ through RetrievalService and the app
-@pytest.fixture(scope="module")
-def model(tiny_vit) -> VSEModel:
-    config = VSEConfig(image_backbone=str(tiny_vit), image_pooling="cls", text_encoder="gru", embed_dim=8, word_dim=4)
-    return VSEModel(config, tokenizer=vocabulary_from_words(["a", "red"])).eval()
-
-
-def test_the_service_answers_from_edge_shards_as_from_exact_search(model, tmp_path):
-    exact = service(model, "exact")
-    queries = torch.from_numpy(unit_vectors(10, 8, 2))
-    url = f"qdrant+edge:{tmp_path / 'edge'}"
-    for expected_origin in ("built", "loaded"):
-        engine = service(model, url)
-        try:
-            assert (engine.image_index.origin, engine.caption_index.origin) == (expected_origin, expected_origin)
-            for query in queries:
-                for ask in ("similar_images", "nearest_captions"):
-                    got = [(h.index, round(h.score, 5)) for h in getattr(engine, ask)(query[None], 7)]
-                    assert got == [(h.index, round(h.score, 5)) for h in getattr(exact, ask)(query[None], 7)]
-        finally:
-            engine.close()
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (ASSETS / "model" / "config.json").is_file(), reason="assets/ not built")
-def test_the_app_on_edge_answers_searches_as_exact_search(tmp_path):
-    from gradio_client import Client
-
-    with running_app(tmp_path / "data", index=f"qdrant+edge:{tmp_path / 'edge'}") as (address, app):
-        assert app.service.image_index.kind == "qdrant-edge"
-        client, service_ = Client(address, verbose=False), app.service
-        for query in ("Tennis shoes", "The Moon", "a red apple"):
-            _, table = client.predict(query, 8, api_name="/search")
-            embedding = service_.model.encode_query(query, service_.query_precision).numpy()
-            scores, ids = exact_search(service_.embeddings.images.numpy(), embedding, 8)
-            expected = [service_.gallery.items[i].id for i in ids[0]]
-            assert [row[2] for row in table["data"]] == expected
-            np.testing.assert_allclose([row[3] for row in table["data"]], scores[0], atol=2e-4)

@@ -1,6 +1,7 @@
 """Indexes in a vector engine (Qdrant, ``--index URL``): the same top-k as exact search, collections
 reused only for the model and gallery they were filled for, clear errors for bad URLs, and the app
-answering through its HTTP API as it does with exact search.  Local mode only: no server, offline."""
+answering through its HTTP API as it does with exact search.  Local mode and Qdrant Edge (the engine
+in this process, tests/test_index_edge.py): no server, offline."""
 
 from __future__ import annotations
 
@@ -162,6 +163,8 @@ def test_two_replicas_creating_one_collection_both_succeed(tmp_path):
         ("qdrant+memory:", EngineLocation("memory")),
         ("qdrant+file:engine/qdrant", EngineLocation("file", path="engine/qdrant")),
         ("qdrant+file:///srv/qdrant", EngineLocation("file", path="/srv/qdrant")),
+        ("qdrant+edge:engine/edge", EngineLocation("edge", path="engine/edge")),
+        ("qdrant+edge:///srv/edge", EngineLocation("edge", path="/srv/edge")),
         ("qdrant+http://qdrant.internal", EngineLocation("server", url="http://qdrant.internal:6333")),
         ("qdrant+http://10.0.0.5:7000/", EngineLocation("server", url="http://10.0.0.5:7000")),
         (
@@ -199,6 +202,9 @@ def test_index_urls_name_their_engine(url, location):
         ("qdrant+file://server/share", "not on 'server'"),
         ("qdrant+file:folder?mode=x", "no options"),
         ("qdrant+memory:anything", "nothing after the colon"),
+        ("qdrant+edge:", "names no folder: use qdrant\\+edge:///"),
+        ("qdrant+edge://server/share", "not on 'server'"),
+        ("qdrant+edge:folder?api_key=secret", "qdrant\\+edge: takes a folder and no options"),
     ],
 )
 def test_bad_index_urls_are_refused_clearly(url, message):
@@ -260,10 +266,11 @@ def service(model, index: str) -> RetrievalService:
     )
 
 
-def test_the_service_answers_from_the_engine_as_from_exact_search(model, tmp_path):
+@pytest.mark.parametrize("scheme", ["qdrant+file", "qdrant+edge"])
+def test_the_service_answers_from_the_engine_as_from_exact_search(model, scheme, tmp_path):
     exact = service(model, "exact")
     queries = torch.from_numpy(unit_vectors(10, 8, 2))
-    url = f"qdrant+file:{tmp_path / 'engine'}"
+    url = f"{scheme}:{tmp_path / 'engine'}"
     for expected_origin in ("built", "loaded"):
         engine = service(model, url)
         try:
@@ -279,12 +286,13 @@ def test_the_service_answers_from_the_engine_as_from_exact_search(model, tmp_pat
 # ------------------------------------------------------------------ the app, over HTTP
 @pytest.mark.slow
 @pytest.mark.skipif(not (ASSETS / "model" / "config.json").is_file(), reason="assets/ not built")
-def test_the_app_on_the_engine_answers_searches_as_exact_search(tmp_path):
+# Local mode in memory: on disk it would take minutes to write the 6,800 images and their captions.
+@pytest.mark.parametrize("url, kind", [("qdrant+memory:", "qdrant"), ("qdrant+edge:{folder}", "qdrant-edge")])
+def test_the_app_on_the_engine_answers_searches_as_exact_search(url, kind, tmp_path):
     from gradio_client import Client
 
-    # In memory: local mode on disk would take minutes to write the 6,800 images and their captions.
-    with running_app(tmp_path / "data", index="qdrant+memory:") as (address, app):
-        assert app.service.image_index.kind == "qdrant"
+    with running_app(tmp_path / "data", index=url.format(folder=tmp_path / "edge")) as (address, app):
+        assert app.service.image_index.kind == kind
         client, service = Client(address, verbose=False), app.service
         for query in ("Tennis shoes", "The Moon", "a red apple"):
             _, table = client.predict(query, 8, api_name="/search")
