@@ -61,6 +61,7 @@ from vse.serving.index import (
     exact_search,
     hnsw_search_depth,
     recall_at_k,
+    write_atomically,
 )
 
 if TYPE_CHECKING:
@@ -436,25 +437,27 @@ class EdgeEngine:
             import qdrant_edge  # noqa: F401 - an absent package is named in the error below
         except ImportError as err:
             raise EngineError("qdrant+edge: needs the qdrant-edge-py package (pip install qdrant-edge-py)") from err
-        vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
-        size, dim = vectors.shape
+        if np.ndim(embeddings) != 2:
+            raise ValueError(f"expected (N, D) vectors, got shape {np.shape(embeddings)}")
+        size, dim = np.shape(embeddings)  # a whole shard needs no float32 copy of a mapped float16 matrix
         collection = collection_name(collection_key(name, model, gallery, size, dim))
         try:
-            index = self._load_or_fill(vectors, name, collection)
+            index = self._load_or_fill(embeddings, name, collection)
             if queries is not None and len(queries):
-                self._calibrate(index, vectors, queries, collection)
+                self._calibrate(index, embeddings, queries, collection)
             return index
         except _edge_errors() as err:
             raise EngineError(f"Qdrant Edge in {self.folder} could not serve {collection}: {err}") from err
 
     def _calibrate(self, index: EdgeIndex, vectors: np.ndarray, queries: np.ndarray, collection: str) -> None:
         """Set ``index``'s ef_search by measured recall (``calibrate_edge``), read back from
-        ``<folder>/<collection>.search.json`` when a calibration on these queries of this shard is there."""
+        ``<folder>/<collection>.search.json`` when a calibration on these queries of this shard, as
+        stored, is there (a shard this start filled is measured again)."""
         path = self.folder / f"{collection}.search.json"
         key = {"collection": collection, "calibration": calibration_key(queries), "size": index.size}
         try:
             stored = json.loads(path.read_text())
-            if stored.get("key") == key:
+            if index.origin == "loaded" and stored.get("key") == key:
                 index.calibration = Calibration.from_json(stored["search"])
                 index.ef_search = int(index.calibration.settings["ef_search"])
                 return
@@ -464,7 +467,8 @@ class EdgeEngine:
         if index.calibration is not None:
             log.info("Qdrant Edge %s: hnsw_ef %d, recall@%d %.3f on %d queries", collection, index.ef_search,
                      index.calibration.k, index.calibration.recall, index.calibration.queries)  # fmt: skip
-            path.write_text(json.dumps({"key": key, "search": index.calibration.to_json()}, indent=1))
+            record = json.dumps({"key": key, "search": index.calibration.to_json()}, indent=1)
+            write_atomically(path, lambda temp: Path(temp).write_text(record))
 
     def _load_or_fill(self, vectors: np.ndarray, name: str, collection: str) -> EdgeIndex:
         import qdrant_edge
@@ -485,9 +489,8 @@ class EdgeEngine:
                 log.warning("Qdrant Edge shard %s holds %d of %d vectors: completing it", collection, stored, size)
             start = time.perf_counter()
             for first in tqdm(range(0, size, EDGE_BATCH), desc=f"filling the {name} shard", unit="batch"):
-                points = [
-                    qdrant_edge.Point(row, vectors[row].tolist()) for row in range(first, min(first + EDGE_BATCH, size))
-                ]
+                rows = np.asarray(vectors[first : first + EDGE_BATCH], dtype=np.float32)
+                points = [qdrant_edge.Point(first + offset, row.tolist()) for offset, row in enumerate(rows)]
                 shard.update(qdrant_edge.UpdateOperation.upsert_points(points))
             log.info(
                 "filled the %s shard %s (%d vectors) in %.1f s", name, collection, size, time.perf_counter() - start
