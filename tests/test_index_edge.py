@@ -108,6 +108,21 @@ def test_hnsw_ef_is_chosen_by_measured_recall_and_kept_for_the_next_start(graph_
             fill(engine, data, queries=held_out)
 
 
+def test_a_shard_filled_again_is_calibrated_again(graph_search, tmp_path, monkeypatch):
+    import shutil
+
+    data, queries = clustered(1000, DIM, 8)
+    with closing(open_edge(tmp_path)) as engine:
+        fill(engine, data, queries=queries[:20])
+    measured = []
+    calibrate = engine_index.calibrate_edge
+    monkeypatch.setattr(engine_index, "calibrate_edge", lambda *a, **kw: measured.append(1) or calibrate(*a, **kw))
+    shard = next(path for path in (tmp_path / "edge").iterdir() if path.is_dir())
+    shutil.rmtree(shard)  # the record beside it stays, but describes a graph that is gone
+    with closing(open_edge(tmp_path)) as engine:
+        assert fill(engine, data, queries=queries[:20]).origin == "built" and measured == [1]
+
+
 def test_a_whole_shard_is_reused_after_a_restart(graph_search, tmp_path, monkeypatch):
     data, queries = clustered(2000, DIM, 4)
     engine = open_edge(tmp_path)
