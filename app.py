@@ -231,7 +231,7 @@ class SavedBlockConfigs(BlocksConfig):
             return BlocksConfig.config_for_block(_id, rendered_ids, block, renderable)
         saved = self.saved.get(_id)
         if saved is not None and saved[0] is block:
-            return pickle.loads(saved[1])
+            return pickle.loads(saved[1])  # bytes this process pickled itself a moment ago, never read from outside
         config = BlocksConfig.config_for_block(_id, rendered_ids, block, renderable)
         # A config that does not pickle is made each time, as Gradio does.
         with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
