@@ -104,7 +104,7 @@ def test_hnsw_ef_is_chosen_by_measured_recall_and_kept_for_the_next_start(graph_
     with closing(open_edge(tmp_path)) as engine:
         again = fill(engine, data, queries=calibration)
         assert again.origin == "loaded" and again.calibration == chosen and again.ef_search == index.ef_search
-        with pytest.raises(EngineError, match="measured again"):  # other queries: another calibration
+        with pytest.raises(AssertionError, match="measured again"):  # other queries: another calibration
             fill(engine, data, queries=held_out)
 
 
@@ -121,6 +121,21 @@ def test_a_shard_filled_again_is_calibrated_again(graph_search, tmp_path, monkey
     shutil.rmtree(shard)  # the record beside it stays, but describes a graph that is gone
     with closing(open_edge(tmp_path)) as engine:
         assert fill(engine, data, queries=queries[:20]).origin == "built" and measured == [1]
+
+
+def test_a_graph_built_on_a_restart_is_calibrated_again(tmp_path, monkeypatch):
+    """A stored shard whose graph this start builds (a changed threshold, or a start killed while indexing)."""
+    data, queries = clustered(1000, DIM, 9)
+    with closing(open_edge(tmp_path)) as engine:
+        assert fill(engine, data, queries=queries[:20]).calibration.recall == 1.0  # small: scanned, exact
+    measured = []
+    calibrate = engine_index.calibrate_edge
+    monkeypatch.setattr(engine_index, "calibrate_edge", lambda *a, **kw: measured.append(1) or calibrate(*a, **kw))
+    monkeypatch.setattr(engine_index, "EDGE_FULL_SCAN_KB", 1)
+    with closing(open_edge(tmp_path)) as engine:
+        index = fill(engine, data, queries=queries[:20])
+        assert index.origin == "built" and measured == [1]
+        assert next(iter(engine.shards.values())).info().indexed_vectors_count == len(data)
 
 
 def test_a_whole_shard_is_reused_after_a_restart(graph_search, tmp_path, monkeypatch):
@@ -206,5 +221,34 @@ def test_a_shard_folder_holding_no_segments_is_filled_again(tmp_path):
 
 def test_an_engine_folder_that_cannot_be_written_is_an_engine_error(tmp_path):
     (tmp_path / "edge").write_text("a file where the folder should be")
-    with pytest.raises(EngineError, match="Qdrant Edge in .* could not serve"):
-        fill(open_edge(tmp_path), unit_vectors(10, DIM, 0))
+    with pytest.raises(EngineError, match="cannot use .* for Qdrant Edge"):
+        open_edge(tmp_path)
+
+
+def test_a_folder_in_use_is_refused_and_its_shards_are_left_alone(tmp_path):
+    """A second engine on the folder (another replica, or a retry in this process) must not take shards
+    that are open, nor remove them as unreadable."""
+    data, queries = unit_vectors(ROWS, DIM, 0), unit_vectors(5, DIM, 1)
+    with closing(open_edge(tmp_path)) as engine:
+        index = fill(engine, data)
+        with pytest.raises(EngineError, match="in use by another engine"):
+            open_edge(tmp_path)
+        assert_same_top_k(data, queries, index.search(queries, 10), exact_search(data, queries, 10))
+    with closing(open_edge(tmp_path)) as engine:  # closed: usable again, and the shard is whole
+        assert fill(engine, data).origin == "loaded"
+
+
+def test_a_shard_held_open_elsewhere_is_not_removed(tmp_path):
+    """Without the folder lock (a shard opened by other code), the engine's lock error is raised, not
+    read as damage."""
+    data = unit_vectors(ROWS, DIM, 0)
+    with closing(open_edge(tmp_path)) as engine:
+        fill(engine, data)
+    path = next(p for p in (tmp_path / "edge").iterdir() if p.is_dir())
+    other = qdrant_edge.EdgeShard.load(str(path), edge_config(DIM))
+    try:
+        with closing(open_edge(tmp_path)) as engine, pytest.raises(EngineError, match="could not serve"):
+            fill(engine, data)
+        assert other.count(qdrant_edge.CountRequest(exact=True)) == ROWS and path.is_dir()
+    finally:
+        other.close()

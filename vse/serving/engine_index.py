@@ -33,6 +33,7 @@ numbers and points carry no payload: the app keeps the gallery's metadata itself
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -363,15 +364,16 @@ def _load_or_fill(
 
 # ------------------------------------------------------------------ Qdrant Edge
 EDGE_BATCH = 1024  # points per upsert: in-process, so no request size to respect
+LOCK_FILE = ".vse-lock"  # in an Edge folder: held by the one engine using it
 # A segment with less vector data than this is scanned, not indexed and searched by graph (Qdrant's
 # default for both its indexing and full-scan thresholds).
 EDGE_FULL_SCAN_KB = 10_000
 
 
-def _edge_errors() -> tuple[type[Exception], ...]:
-    """What qdrant-edge raises for a shard it cannot open, create, update or search: plain ``Exception``
-    ("Service runtime error: ..."), and ``OSError`` for the folder."""
-    return (Exception,)
+def _is_edge_error(err: BaseException) -> bool:
+    """An error of the engine or its folder: qdrant-edge raises plain ``Exception`` ("Service runtime
+    error: ..."); the folder raises ``OSError``.  Anything else is a defect and keeps its traceback."""
+    return type(err) is Exception or isinstance(err, OSError)
 
 
 @dataclass
@@ -407,7 +409,9 @@ class EdgeIndex:
         ]
         try:
             responses = self.shard.query_batch(qdrant_edge.QueryBatchRequest(requests))
-        except _edge_errors() as err:
+        except Exception as err:
+            if not _is_edge_error(err):
+                raise
             raise EngineError(f"Qdrant Edge could not search: {err}") from err
         return _as_arrays([[(p.score, int(p.id)) for p in response] for response in responses], k)
 
@@ -418,17 +422,33 @@ class EdgeEngine:
     A shard holding every row is reused; a missing one is created, a partial one (a
     start killed part-way) completed by idempotent upserts; then the engine's
     optimizer builds its HNSW graph (``EdgeShard.optimize``, which returns at once
-    when there is nothing left to do).  One process per folder.
+    when there is nothing left to do).  One engine per folder at a time: the folder
+    is locked (``<folder>/.vse-lock``) until ``close``, and a second engine, in this
+    process or another, gets an ``EngineError`` instead of touching shards in use.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.shards: dict[str, object] = {}
+        self._lock = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.folder / LOCK_FILE, "a")  # noqa: SIM115 - held until close()
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise EngineError(f"Qdrant Edge in {self.folder} is in use by another engine (one at a time)") from None
+        except OSError as err:
+            if self._lock is not None:
+                self._lock.close()
+            raise EngineError(f"cannot use {self.folder} for Qdrant Edge: {err}") from err
 
     def close(self) -> None:
         for shard in self.shards.values():
             shard.close()
         self.shards.clear()
+        if self._lock is not None and not self._lock.closed:
+            self._lock.close()  # releases the lock
 
     def load_or_fill(
         self, embeddings: np.ndarray, *, name: str, model: str, gallery: str, queries: np.ndarray | None = None
@@ -443,11 +463,13 @@ class EdgeEngine:
         collection = collection_name(collection_key(name, model, gallery, size, dim))
         try:
             index = self._load_or_fill(embeddings, name, collection)
-            if queries is not None and len(queries):
-                self._calibrate(index, embeddings, queries, collection)
-            return index
-        except _edge_errors() as err:
+        except Exception as err:
+            if not _is_edge_error(err):
+                raise
             raise EngineError(f"Qdrant Edge in {self.folder} could not serve {collection}: {err}") from err
+        if queries is not None and len(queries):
+            self._calibrate(index, embeddings, queries, collection)
+        return index
 
     def _calibrate(self, index: EdgeIndex, vectors: np.ndarray, queries: np.ndarray, collection: str) -> None:
         """Set ``index``'s ef_search by measured recall (``calibrate_edge``), read back from
@@ -461,14 +483,17 @@ class EdgeEngine:
                 index.calibration = Calibration.from_json(stored["search"])
                 index.ef_search = int(index.calibration.settings["ef_search"])
                 return
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # none yet, or unreadable: measure again
         index.calibration = calibrate_edge(index, vectors, queries)
         if index.calibration is not None:
             log.info("Qdrant Edge %s: hnsw_ef %d, recall@%d %.3f on %d queries", collection, index.ef_search,
                      index.calibration.k, index.calibration.recall, index.calibration.queries)  # fmt: skip
             record = json.dumps({"key": key, "search": index.calibration.to_json()}, indent=1)
-            write_atomically(path, lambda temp: Path(temp).write_text(record))
+            try:
+                write_atomically(path, lambda temp: Path(temp).write_text(record))
+            except OSError as err:  # a full disk or read-only folder costs a calibration next start, not this one
+                log.warning("could not save the Qdrant Edge calibration to %s: %s", path, err)
 
     def _load_or_fill(self, vectors: np.ndarray, name: str, collection: str) -> EdgeIndex:
         import qdrant_edge
@@ -481,6 +506,7 @@ class EdgeEngine:
             if shard is None:
                 path.mkdir(parents=True, exist_ok=True)
                 shard = qdrant_edge.EdgeShard.create(str(path), edge_config(dim))
+                (self.folder / f"{collection}.search.json").unlink(missing_ok=True)  # measured on a graph now gone
             self.shards[collection] = shard
         stored = shard.count(qdrant_edge.CountRequest(exact=True))
         origin = "loaded"
@@ -497,8 +523,9 @@ class EdgeEngine:
             )
             origin = "built"
         start = time.perf_counter()
-        if shard.optimize():
+        if shard.optimize():  # a graph built by this start (after a fill, a killed start or a changed config)
             shard.flush()
+            origin = "built"
             log.info("Qdrant Edge indexed the %s shard in %.1f s", name, time.perf_counter() - start)
         log.info("the %s index is the Qdrant Edge shard %s (%d vectors)", name, path, size)
         return EdgeIndex(shard, size, dim, origin=origin)
@@ -530,12 +557,15 @@ def calibrate_edge(
 
 def _open_shard(path: Path, dim: int):
     """The shard stored at ``path``, or None after removing one the engine cannot read (a start killed
-    while writing it): like a damaged stored faiss index, it is made again from the embeddings."""
+    while writing it): like a damaged stored faiss index, it is made again from the embeddings.  The
+    folder's lock (``EdgeEngine``) means no other engine has it open; a file-system error is raised."""
     import qdrant_edge
 
     try:
         return qdrant_edge.EdgeShard.load(str(path), edge_config(dim))  # checked against the config
-    except Exception as err:  # noqa: BLE001 - qdrant-edge raises plain Exception for what it cannot read
+    except Exception as err:
+        if type(err) is not Exception or "WouldBlock" in str(err):  # not the engine's "cannot read this"
+            raise
         log.warning("Qdrant Edge cannot read the shard %s, it will be made again: %s", path, err)
     shutil.rmtree(path)
     return None

@@ -163,10 +163,15 @@ class RetrievalService:
         # Each index's search settings are calibrated on the other modality, the queries it serves:
         # texts (captions, else tag lists) search the images, images search the captions.
         texts = embeddings.captions if len(embeddings.captions) or embeddings.tags is None else embeddings.tags
-        self.image_index: VectorIndex = self._index("image", embeddings.images, texts, index_kind, index_store)
-        self.caption_index: VectorIndex = self._index(
-            "caption", embeddings.captions, embeddings.images, index_kind, index_store
-        )
+        try:
+            self.image_index: VectorIndex = self._index("image", embeddings.images, texts, index_kind, index_store)
+            self.caption_index: VectorIndex = self._index(
+                "caption", embeddings.captions, embeddings.images, index_kind, index_store
+            )
+        except BaseException:
+            if self.engine is not None:
+                self.engine.close()  # its folder's lock, for a retry in this process
+            raise
         self._review: Future[ReviewQueue] | None = None  # the review queue, computed once (start_review_queue)
         self._review_lock = threading.Lock()
         self._review_thread: threading.Thread | None = None
