@@ -720,29 +720,39 @@ def _kind_key(embeddings: np.ndarray, kind: str, queries: np.ndarray | None, dig
 
 
 def stored_calibration(store: IndexStore, key: dict) -> Calibration | None:
-    """The calibration recorded in the manifest of the stored index of ``key``, without reading the
-    index (None where there is no matching manifest or it records none)."""
+    """The calibration recorded in the manifest of the stored index ``_load_stored`` would read for
+    ``key`` (the first folder holding a matching manifest beside a file of the size it records),
+    without reading the index; None where there is none or it records no calibration."""
     for folder in (*store.read_only, store.folder):
+        path = stored_index_path(folder, key)
         try:
-            manifest = json.loads(_manifest_path(stored_index_path(folder, key)).read_text())
-            if manifest.get("key") == key and manifest.get("digest") == key_digest(key) and manifest.get("search"):
-                return Calibration.from_json(manifest["search"])
-        except (OSError, ValueError, KeyError, TypeError):
+            manifest = json.loads(_manifest_path(path).read_text())
+            if manifest.get("key") != key or manifest.get("digest") != key_digest(key):
+                continue
+            if not path.is_file() or path.stat().st_size != manifest.get("bytes"):
+                continue
+            return Calibration.from_json(manifest["search"]) if manifest.get("search") else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return None
 
 
 def _stored_fallback(store: IndexStore, graph_key: dict, fallback_key: dict) -> SearchIndex | None:
-    """The stored compressed index where both manifests show it is what ``higher_recall`` would serve,
-    read without reading the HNSW graph (5 s and 1.3 GB at 1M vectors); else None."""
-    graph, fallback = stored_calibration(store, graph_key), stored_calibration(store, fallback_key)
-    if graph is None or fallback is None or graph.recall >= RECALL_FLOOR or fallback.recall <= graph.recall:
+    """The stored compressed index where the stored graph's manifest and the compressed index as read
+    show it is what ``higher_recall`` would serve, read without reading the HNSW graph (5 s and 1.3 GB
+    at 1M vectors); else None (the caller then reads both, as before)."""
+    graph = stored_calibration(store, graph_key)
+    if graph is None or graph.recall >= RECALL_FLOOR:
+        return None
+    fallback = stored_calibration(store, fallback_key)
+    if fallback is None or fallback.recall <= graph.recall:
         return None
     index = _load_stored(store, fallback_key)
-    if index is not None:
-        log.warning("HNSW reached recall@%d %.3f at best, under %.2f; the compressed kind reached %.3f: %s serves "
-                    "(chosen from the stored manifests)", graph.k, graph.recall, RECALL_FLOOR, fallback.recall,
-                    index.kind)  # fmt: skip
+    if index is None or index.calibration is None or index.calibration.recall <= graph.recall:
+        return None  # what was read is not what the manifest promised: decide on both indexes as read
+    log.warning("HNSW reached recall@%d %.3f at best, under %.2f; the compressed kind reached %.3f: %s serves "
+                "(chosen from the stored manifests)", graph.k, graph.recall, RECALL_FLOOR, index.calibration.recall,
+                index.kind)  # fmt: skip
     return index
 
 
