@@ -131,7 +131,7 @@ def edge_table(stand_in: int, queries: int) -> str:
         for scan_kb in (EDGE_FULL_SCAN_KB, 1) if scanned else (EDGE_FULL_SCAN_KB,):
             rows.append(edge_row(name, data, measured[:queries], calibration, scan_kb))
             print("  ", " | ".join(rows[-1]), flush=True)
-    header = ["data", "vectors", "scanned below", "fill + index s", "hnsw_ef (calibrated recall)", "edge p50 ms",
+    header = ["data", "vectors", "scanned below", "fill + index + calibrate s", "hnsw_ef (calibrated recall)", "edge p50 ms",
               "edge p99 ms", "exact p50 ms", "held-out recall@10"]  # fmt: skip
     return markdown_table(header, rows)
 

@@ -282,6 +282,8 @@ called through Gradio's HTTP API.
 
 Alone first: one client, {args.queries} calls each, without a session (as `curl`) and with one kept across
 calls (as a browser tab or `gradio_client`; without one Gradio builds a new session state per call).
+First views: of {args.queries} varied searches, those whose 12 result images had not been shown before,
+so their thumbnails are written then; the other rows repeat one query set, shown once untimed before them.
 
 {markdown_table(["call", "calls", "p50 ms", "p99 ms"], alone_rows)}
 

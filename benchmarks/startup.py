@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ DEMO_INDEX = ROOT / "assets" / "index"
 NOISE = 0.02  # standard deviation per dimension of the noise added to the demo's embeddings
 BUILD_FORMAT = 1  # bump when what ``build_workdir`` writes changes
 POLL_SECONDS = 0.1
+FIRST_QUERY = "a red apple on a table"  # the search a start is timed to
 LOADED_LINE = re.compile(r"loaded (\d+) images .* in ([\d.]+)s")
 BUILT_LINE = re.compile(r"built the (\w+) index \((\S+), (\d+) vectors\) in ([\d.]+) s")
 
@@ -165,7 +167,7 @@ def first_answer(url: str, process: subprocess.Popen, timeout: float) -> None:
             raise RuntimeError(f"the app exited with {process.returncode} before answering")
         if serves_search(http, url):
             try:
-                results = client.predict("a red apple on a table", 12, api_name="/search")
+                results = client.predict(FIRST_QUERY, 12, api_name="/search")
                 if results and results[0]:
                     return
             except Exception:  # noqa: BLE001 - between the status page and the app: poll again
@@ -174,32 +176,60 @@ def first_answer(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"no answer from {url} within {timeout:.0f} s")
 
 
+FIRST_VIEW_WORDS = (["red", "old", "small", "round", "wooden", "blue", "happy", "broken", "green", "tall"],
+                    ["apple", "flag", "telephone", "clock", "house", "car", "tree", "star", "guitar", "bird",
+                     "cat", "boat", "shoe", "key", "moon", "cup", "chair", "fish", "book", "lamp"])  # fmt: skip
+
+
 def query_latency(url: str, queries: int) -> dict[str, list[float]]:
     """Seconds per call of ``/ping`` and of ``/search`` (k = 12), one client through Gradio's HTTP API,
     without a session (as curl) and with one kept across calls (as a browser tab or gradio_client).
 
-    At this size thumbnails are written on an image's first view, so searches are timed twice:
-    first views (queries whose results were never shown, no session), then the same query set
-    for every round, shown once untimed beforehand, so that no round pays first views another did not.
+    Thumbnails are written on an image's first view, so searches are timed twice. First views:
+    ``queries`` searches for varied phrases, of which only those whose 12 results all differ from
+    every result shown before in this process are kept (the app's thumbnail folder should start
+    empty: ``timed_start`` empties it). Then the other rounds, on one query set shown once untimed
+    beforehand, so that no round pays first views another did not.
     """
     words = ["apple", "flag", "telephone", "clock", "house", "car", "tree", "star", "guitar", "bird"]
 
     def query(number: int) -> tuple[str, int]:
         return f"a {words[number % len(words)]} number {number}", 12
 
-    latency: dict[str, list[float]] = {}
-    first_views = GradioHTTPClient(url)
-    latency["/search, first views, no session"] = [
-        timed(first_views, query(number + 10 * queries), "/search") for number in range(queries)
-    ]
+    latency: dict[str, list[float]] = {"/search, first views, no session": first_views(url, queries)}
+    warm = GradioHTTPClient(url)
     for number in range(queries + 5):
-        first_views.predict(*query(number), api_name="/search")
+        warm.predict(*query(number), api_name="/search")
     for session in (None, f"startup-{time.time_ns()}"):
         client = GradioHTTPClient(url, session=session)
         for endpoint in ("/ping", "/search"):
             samples = [timed(client, () if endpoint == "/ping" else query(n), endpoint) for n in range(queries + 5)]
             latency[f"{endpoint}, {'a session' if session else 'no session'}"] = samples[5:]  # 5 warm the path
     return latency
+
+
+def first_views(url: str, searches: int) -> list[float]:
+    """Seconds of those of ``searches`` varied searches whose 12 results were all shown for the first time."""
+    client, samples = GradioHTTPClient(url), []
+    answer = client.predict(FIRST_QUERY, 12, api_name="/search")  # what the start's first answer showed
+    seen = shown_ids(answer)
+    adjectives, nouns = FIRST_VIEW_WORDS
+    for number in range(searches):
+        text = f"a {adjectives[number % len(adjectives)]} {nouns[(number // len(adjectives)) % len(nouns)]}"
+        start = time.perf_counter()
+        answer = client.predict(f"{text} {number // (len(adjectives) * len(nouns)) or ''}".strip(), 12,
+                                api_name="/search")  # fmt: skip
+        seconds = time.perf_counter() - start
+        shown = shown_ids(answer)
+        if not shown & seen:
+            samples.append(seconds)
+        seen |= shown
+    return samples
+
+
+def shown_ids(answer: list) -> set[str]:
+    """The image ids of a ``/search`` answer (its outputs: the gallery, then the results table)."""
+    return {row[2] for row in answer[1]["data"]}
 
 
 def timed(client: GradioHTTPClient, arguments: tuple, endpoint: str) -> float:
@@ -214,6 +244,8 @@ def timed_start(folder: Path, log_path: Path, timeout: float, queries: int = 0) 
     port = free_port()
     command = [sys.executable, "app.py", f"--model={MODEL}", f"--gallery={folder / 'gallery'}",
                f"--data_dir={folder / 'data'}", f"--port={port}"]  # fmt: skip
+    if queries:  # first views are timed: no thumbnail written by an earlier run
+        shutil.rmtree(folder / "data" / "thumbnails", ignore_errors=True)
     with log_path.open("w") as log:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -246,12 +278,17 @@ def report(size: int, info: dict, warm: Start, starts: list[Start], command: str
     queries = ""
     if latency:
         rows = [[name, len(samples), percentile_ms(samples, 50), percentile_ms(samples, 99)]
-                for name, samples in latency.items()]  # fmt: skip
+                for name, samples in latency.items() if samples]  # fmt: skip
+        queries_asked, first_count = (
+            len(latency["/search, no session"]),
+            len(latency["/search, first views, no session"]),
+        )
         queries = f"""
 Queries after the last start answered, one client on loopback through Gradio's HTTP API (k = 12).
-First views: searches whose result images were never shown, so their thumbnails are written
-then. The other rows repeat one query set, shown once untimed before them (5 warm-up calls
-left out of each):
+First views: of {queries_asked} varied searches on a thumbnail folder emptied before the start,
+the {first_count} whose 12 result images had not been shown before, so their thumbnails are
+written then. The other rows repeat one query set, shown once untimed before them (5 warm-up
+calls left out of each):
 
 {markdown_table(["call", "calls", "p50 ms", "p99 ms"], rows)}
 """
