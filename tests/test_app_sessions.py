@@ -96,3 +96,18 @@ def test_calls_without_a_session_are_answered_and_the_page_config_is_gradios():
         assert written[3] == {"dataframe": {"headers": ["other"], "data": [], "metadata": None}}
     finally:
         page.close()
+
+
+def test_matplotlibs_backend_is_resolved_before_the_first_event():
+    """Gradio resolves it around every event; the first resolution imports pyplot."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys, app; assert 'matplotlib.pyplot' not in sys.modules; app.resolve_plot_backend(); "
+        "assert 'matplotlib.pyplot' in sys.modules"
+    )
+    environment = {name: value for name, value in app_module.os.environ.items() if name != "MPLBACKEND"}
+    done = subprocess.run([sys.executable, "-c", check], cwd=app_module.Path(app_module.__file__).parent,
+                          env=environment, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
