@@ -156,6 +156,8 @@ def sweep(name: str, data: np.ndarray, queries: np.ndarray) -> list[dict]:
     at every nprobe and re-rank factor of SWEEP_PROBES and SWEEP_FACTORS."""
     import faiss
 
+    from vse.serving.index import apply_search_settings
+
     truth = ground_truth(data, queries)
     start = time.perf_counter()
     index = build_index(data, "ivfpq-rerank")
@@ -164,7 +166,7 @@ def sweep(name: str, data: np.ndarray, queries: np.ndarray) -> list[dict]:
     rows = []
     for probes in (p for p in SWEEP_PROBES if p <= lists.nlist):
         for factor in SWEEP_FACTORS:
-            lists.nprobe, index.index.k_factor = probes, factor
+            apply_search_settings(index, {"nprobe": probes, "k_factor": factor})
             tick = time.perf_counter()
             found = index.search(queries, 10)[1]
             per_query = (time.perf_counter() - tick) / len(queries)
@@ -464,7 +466,8 @@ def sweep_report(rows: list[dict], command: str) -> str:
 `{command}` · {machine_line()}. The compressed kind, `ivfpq-rerank`
 (`{factory_string("ivfpq-rerank", build_parameters("ivfpq-rerank", 1_000_000, 256))}` at 1M vectors of 256
 dimensions): IVF lists of 8-bit PQ codes shortlist re-rank factor × k candidates, which are
-scored again with 8-bit scalar-quantised vectors. Lists: 4·√N, at most N/39 (k-means wants ~39
+scored again exactly against the indexed vectors (the app's memory-mapped float16 embeddings; the
+memory column counts them). Lists: 4·√N, at most N/39 (k-means wants ~39
 training points per list). Recall@10 as in the search table, against exact search; time per
 query from one batch call. Where no calibration queries are given, the index answers with
 nprobe {RERANK_PROBE_SHARE:g} of the lists and re-rank factor {RERANK_FACTOR}; the app calibrates them by measured

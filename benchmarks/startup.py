@@ -46,6 +46,20 @@ NOISE = 0.02  # standard deviation per dimension of the noise added to the demo'
 BUILD_FORMAT = 1  # bump when what ``build_workdir`` writes changes
 POLL_SECONDS = 0.1
 FIRST_QUERY = "a red apple on a table"  # the search a start is timed to
+HANDLER_WORDS = (
+    "apple",
+    "flag",
+    "telephone",
+    "clock",
+    "house",
+    "car",
+    "tree",
+    "star",
+    "guitar",
+    "bird",
+    "arrow",
+    "book",
+)
 LOADED_LINE = re.compile(r"loaded (\d+) images .* in ([\d.]+)s")
 BUILT_LINE = re.compile(r"built the (\w+) index \((\S+), (\d+) vectors\) in ([\d.]+) s")
 
@@ -232,6 +246,38 @@ def shown_ids(answer: list) -> set[str]:
     return {row[2] for row in answer[1]["data"]}
 
 
+def handler_latency(folder: Path, queries: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of the app's search handler (``VSEApp.search``, k = 12) and of the retrieval
+    under it (``RetrievalService.search_text``: encoding and index search), in this process over
+    the workdir's gallery, as ``app.py`` loads it: ``queries`` distinct queries shown once untimed
+    (their thumbnails written), then timed ``rounds`` times."""
+    import tempfile
+
+    import app as app_module
+    from vse.serving.feedback import FeedbackStore
+    from vse.serving.retrieval import RetrievalService
+
+    service = RetrievalService.load(str(MODEL), str(folder / "gallery"), folder / "data")
+    texts = [f"a {HANDLER_WORDS[n % len(HANDLER_WORDS)]} number {n}" for n in range(queries)]
+    samples: dict[str, list[float]] = {"search handler (VSEApp.search)": [], "encoding and index search": []}
+    try:
+        with tempfile.TemporaryDirectory() as votes:
+            config = app_module.AppConfig(data_dir=str(folder / "data"))
+            handler = app_module.VSEApp(service, FeedbackStore(Path(votes) / "votes.db"), config)
+            for text in texts:
+                handler.search(text, 12)
+            for _ in range(rounds):
+                for name, call in (("search handler (VSEApp.search)", handler.search),
+                                   ("encoding and index search", service.search_text)):  # fmt: skip
+                    for text in texts:
+                        start = time.perf_counter()
+                        call(text, 12)
+                        samples[name].append(time.perf_counter() - start)
+    finally:
+        service.close()
+    return samples
+
+
 def timed(client: GradioHTTPClient, arguments: tuple, endpoint: str) -> float:
     start = time.perf_counter()
     client.predict(*arguments, api_name=endpoint)
@@ -266,7 +312,9 @@ def timed_start(folder: Path, log_path: Path, timeout: float, queries: int = 0) 
     return Start(seconds, rss, peak, float(found[-1][1]) if found else float("nan"), builds, latency)
 
 
-def report(size: int, info: dict, warm: Start, starts: list[Start], command: str) -> str:
+def report(
+    size: int, info: dict, warm: Start, starts: list[Start], command: str, handler: dict[str, list[float]] | None = None
+) -> str:
     built = "; ".join(f"{name} {kind} of {n:,} built in {s:.0f} s" for name, kind, n, s in warm.builds)
     what = f"warm-up ({built})" if built else "warm-up (indexes already stored by an earlier run)"
     rows = [[what, warm.seconds, warm.loaded_s, warm.rss_mb, warm.peak_mb]]
@@ -289,6 +337,15 @@ First views: of {queries_asked} varied searches on a thumbnail folder emptied be
 the {first_count} whose 12 result images had not been shown before, so their thumbnails are
 written then. The other rows repeat one query set, shown once untimed before them (5 warm-up
 calls left out of each):
+
+{markdown_table(["call", "calls", "p50 ms", "p99 ms"], rows)}
+"""
+    if handler:
+        rows = [[name, len(samples), percentile_ms(samples, 50), percentile_ms(samples, 99)]
+                for name, samples in handler.items()]  # fmt: skip
+        queries += f"""
+The search handler in-process (no HTTP), as `app.py` loads this gallery, after the starts: distinct
+queries shown once untimed, then timed in rounds (`handler_latency`):
 
 {markdown_table(["call", "calls", "p50 ms", "p99 ms"], rows)}
 """
@@ -319,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a start may take")
     parser.add_argument("--build-only", action="store_true", help="build the gallery and embeddings, start nothing")
     parser.add_argument("--queries", type=int, default=200, help="/ping and /search calls timed after the last start")
+    parser.add_argument(
+        "--handler-queries", type=int, default=400, help="distinct queries of the handler round (0: none)"
+    )
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args(argv)
     folder = args.workdir / str(args.images)
@@ -334,10 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         queries = args.queries if number == args.starts - 1 else 0
         starts.append(timed_start(folder, folder / f"start-{number + 1}.log", args.timeout, queries))
         print(f"start {number + 1}: {starts[-1]}", flush=True)
+    handler = handler_latency(folder, args.handler_queries) if args.handler_queries else None
+    if handler:
+        print({name: f"p50 {percentile_ms(samples, 50):.2f} ms" for name, samples in handler.items()}, flush=True)
     default = ROOT / "cache" / "startup"
     shown = [a for a in (argv if argv is not None else sys.argv[1:])]
     command = "python -m benchmarks.startup " + " ".join(shown) + ("" if args.workdir == default else "")
-    text = report(args.images, info, warm, starts, command.strip())
+    text = report(args.images, info, warm, starts, command.strip(), handler)
     print(text)
     if not args.no_report:
         write_section("startup", text)

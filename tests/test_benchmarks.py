@@ -78,11 +78,12 @@ def test_startup_benchmark_starts_the_app_over_a_small_generated_gallery(tmp_pat
 
     before = docs_digest()
     argv = ["--images", "300", "--starts", "1", "--workdir", str(tmp_path), "--timeout", "300", "--queries", "3",
-            "--no-report"]  # fmt: skip
+            "--handler-queries", "4", "--no-report"]  # fmt: skip
     assert startup.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| start 1 |" in printed and "300 images" in printed
     assert "| /search, a session | 3 |" in printed and "| /ping, no session | 3 |" in printed
+    assert "| search handler (VSEApp.search) | 12 |" in printed and "| encoding and index search | 12 |" in printed
     assert docs_digest() == before
 
 

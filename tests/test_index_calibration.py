@@ -64,7 +64,7 @@ def naive_choice(index, data: np.ndarray, queries: np.ndarray, candidates: list[
     cheapest within RECALL_SLACK of the best."""
     measured = []
     for settings in candidates:
-        apply_search_settings(index.index, index.kind, settings)
+        apply_search_settings(index, settings)
         measured.append((naive_recall(data, queries, index.search(queries, 10)[1]), settings))
     reaching = [m for m in measured if m[0] >= target]
     if reaching:

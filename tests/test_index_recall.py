@@ -133,7 +133,7 @@ def clustered_set(n: int, d: int, queries: int, clusters: int = 100, seed: int =
 
 
 def test_the_compressed_kind_reaches_the_recall_target_with_its_auto_parameters():
-    """IVF-PQ shortlist re-ranked with 8-bit vectors, at the lists, nprobe and re-rank factor
+    """IVF-PQ shortlist re-ranked exactly, at the lists, nprobe and re-rank factor
     build_index chooses, on a small clustered set."""
     import faiss
 
@@ -141,7 +141,7 @@ def test_the_compressed_kind_reaches_the_recall_target_with_its_auto_parameters(
 
     data, queries = clustered_set(8_000, 64, 300)
     index = build_index(data, "ivfpq-rerank")
-    assert index.index.k_factor == RERANK_FACTOR and ivf_lists(8_000) == 205
+    assert index.rerank_factor == RERANK_FACTOR and ivf_lists(8_000) == 205
     assert faiss.extract_index_ivf(index.index).nprobe == rerank_probes(205)
     assert recall_at_10(data, queries, index.search(queries, 10)[1]) >= MIN_RECALL
 

@@ -4,8 +4,9 @@ One entry point, ``build_index(embeddings)``, picks the index type by size:
 exact search (``exact_search``: one BLAS pass, then top-k selection) up to
 ``EXACT_MAX`` vectors, a graph index (faiss HNSW) beyond while its memory fits a
 budget (``choose_kind``: a share of the machine's memory by default), and past
-that a compressed index: IVF-PQ whose shortlist is re-ranked with 8-bit vectors
-(``ivfpq-rerank``).  Every faiss kind is a ``faiss.index_factory`` string
+that a compressed index: IVF-PQ whose shortlist is scored again exactly against the
+indexed vectors themselves, which the caller keeps (memory-mapped float16 in the app:
+``ivfpq-rerank``, ``rerank_shortlist``).  Every faiss kind is a ``faiss.index_factory`` string
 (``FACTORY``).  The switch points and parameters come from the measurements in
 ``docs/PERFORMANCE.md``; ``kind=`` forces a type (faiss flat, fp16 or int8
 storage and plain IVF-PQ are there too).
@@ -56,8 +57,11 @@ HNSW_SEARCH_DEPTH_FROM = 100_000
 FEW_QUERIES = 4  # up to this many queries, exact search scores them one by one on one thread
 IVF_PROBES = 16  # nprobe of the plain "ivfpq" kind: inverted lists visited per query
 # The compressed kind, "ivfpq-rerank": IVF lists and PQ codes shortlist RERANK_FACTOR * k
-# candidates, which are then scored again with 8-bit scalar-quantised copies of the vectors
-# (faiss IndexRefine).  Lists: about 4 * sqrt(N), and never more than N / IVF_TRAINING_PER_LIST,
+# candidates, which are then scored again exactly against the indexed vectors (the caller's
+# matrix, memory-mapped float16 in the app: no second copy in the index file).  Until format 3
+# the index held 8-bit scalar-quantised copies for this (faiss IndexRefine): they cost 256 bytes
+# a vector and capped recall@10 at about 0.965 on the 1M stand-in set, where the exact
+# re-ranking reaches 0.97 at half the search time (docs/PERFORMANCE.md).  Lists: about 4 * sqrt(N), and never more than N / IVF_TRAINING_PER_LIST,
 # as k-means needs ~39 training points per list.  nprobe and the re-rank factor come from the
 # recall sweep in docs/PERFORMANCE.md (benchmarks/search.py --sweep): caption queries sit apart
 # from the images (the modality gap), so their neighbours spread over many lists, and at a fixed
@@ -77,11 +81,13 @@ FACTORY = {
     # "np": no polysemous training, which only reorders codes for Hamming-distance filtering
     # (unused here) and took 90% of the build (28 s of 31 s for the demo's 6,708 vectors).
     "ivfpq": "IVF{lists},PQ{subquantizers}x{bits}np",
-    "ivfpq-rerank": "IVF{lists},PQ{subquantizers}x{bits}np,Refine(SQ8)",
+    "ivfpq-rerank": "IVF{lists},PQ{subquantizers}x{bits}np",  # the shortlist's re-ranking: rerank_shortlist
 }
 KINDS = ("auto", "exact", *FACTORY)
 # Part of every stored index's key: bump it when build_index changes what it builds.
-STORED_INDEX_FORMAT = 2  # 2: search settings calibrated and kept in the manifest; PQ without polysemous training
+# 2: search settings calibrated and kept in the manifest; PQ without polysemous training.
+# 3: ivfpq-rerank re-ranks against the caller's vectors, not 8-bit copies in the file.
+STORED_INDEX_FORMAT = 3
 # Search settings chosen by measured recall (calibrate_search).  The target sits above the
 # 0.95 the project asks for, so that queries the calibration did not see still clear it.
 RECALL_TARGET = 0.97
@@ -91,7 +97,7 @@ HNSW_DEPTH_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # efSe
 RERANK_PROBE_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # nprobe as a share of the lists
 RERANK_FACTORS = (5, 10, 20, 50, 100, 200, 400)  # re-rank factors tried
 # Where no setting reaches the target, the cheapest within this much of the best recall measured:
-# near the ceiling (the 8-bit re-ranking's precision) the last thousandths cost many times the work.
+# near the ceiling the last thousandths cost many times the work.
 # (Keeping the size-based default instead when even the best stays under 0.95 was tried: HNSW on
 # the 1M stand-in set of benchmarks/startup.py then answers at efSearch 192 with recall 0.73,
 # against 0.94 at efSearch 1024 for about 1.4 ms more per query.)
@@ -124,14 +130,24 @@ class SearchIndex:
     dim: int
     origin: str = "built"  # "built" here, or "loaded" from a stored file
     calibration: Calibration | None = None  # how the search settings were chosen; None: size-based defaults
+    # ivfpq-rerank: the indexed (N, D) rows, float16 or float32, memory-mapped or not (not copied),
+    # against which the shortlist is scored again; and the shortlist's size per result wanted.
+    vectors: np.ndarray | None = None
+    rerank_factor: int = RERANK_FACTOR
+
+    def __post_init__(self) -> None:
+        if self.kind == "ivfpq-rerank" and (self.vectors is None or np.shape(self.vectors) != (self.size, self.dim)):
+            raise ValueError(f"ivfpq-rerank needs the {self.size} indexed vectors of {self.dim} dimensions to re-rank")
 
     def memory_bytes(self) -> int:
-        """Size of the index's data structures (its serialised form)."""
+        """Size of the index's data structures (its serialised form), with the vectors ivfpq-rerank
+        re-ranks against (which the app shares with its stored embeddings, memory-mapped)."""
         if self.kind == "exact":
             return int(self.index.nbytes)
         import faiss
 
-        return int(faiss.serialize_index(self.index).size)
+        vectors = int(self.vectors.nbytes) if self.vectors is not None else 0
+        return int(faiss.serialize_index(self.index).size) + vectors
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) scores and (Q, k) row ids, best first; ids are -1 where fewer than k exist."""
@@ -143,7 +159,33 @@ class SearchIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if self.kind == "exact":
             return exact_search(self.index, queries, k)
+        if self.kind == "ivfpq-rerank":
+            return rerank_shortlist(self.index, self.vectors, queries, k, self.rerank_factor)
         return self.index.search(queries, k)
+
+
+def rerank_shortlist(
+    index, vectors: np.ndarray, queries: np.ndarray, k: int, factor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of the ``factor * k`` candidates ``index`` shortlists for each query, scored
+    again exactly against ``vectors`` (the indexed rows; float16 rows are scored in float32).
+
+    (Q, k) scores and ids, best first, ties by lower id; ids -1 (and the lowest float32 score)
+    where the shortlist holds fewer than ``k``.  Only the shortlisted rows of ``vectors`` are read.
+    """
+    import torch
+
+    _, shortlist = index.search(queries, max(k, min(index.ntotal, factor * k)))
+    scores = np.full((len(queries), k), np.finfo(np.float32).min, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
+        candidates = np.sort(candidates[candidates >= 0])  # rows read in file order
+        # np.take: half the time of fancy indexing; torch: float16 to float32 several times faster than numpy
+        rows = torch.from_numpy(np.take(vectors, candidates, axis=0))
+        exact = (rows.float() @ torch.from_numpy(query)).numpy()
+        best = np.lexsort((candidates, -exact))[:k]
+        scores[row, : len(best)], ids[row, : len(best)] = exact[best], candidates[best]
+    return scores, ids
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,25 +357,25 @@ def search_settings_of(index: SearchIndex) -> dict[str, int]:
     if index.kind == "ivfpq":
         return {"nprobe": int(index.index.nprobe)}
     if index.kind == "ivfpq-rerank":
-        return {"nprobe": int(_inverted_lists(index.index).nprobe), "k_factor": int(index.index.k_factor)}
+        return {"nprobe": int(_inverted_lists(index.index).nprobe), "k_factor": int(index.rerank_factor)}
     return {}
 
 
-def apply_search_settings(index, kind: str, settings: dict[str, int]) -> None:
-    """Set ``settings`` (from ``default_search_settings`` or a calibration) on a faiss index of ``kind``."""
-    if kind == "hnsw":
-        index.hnsw.efSearch = int(settings["ef_search"])
-    elif kind == "ivfpq":
-        index.nprobe = int(settings["nprobe"])
-    elif kind == "ivfpq-rerank":
-        index.k_factor = int(settings["k_factor"])
-        _inverted_lists(index).nprobe = int(settings["nprobe"])
+def apply_search_settings(index: SearchIndex, settings: dict[str, int]) -> None:
+    """Set ``settings`` (from ``default_search_settings`` or a calibration) on ``index``."""
+    if index.kind == "hnsw":
+        index.index.hnsw.efSearch = int(settings["ef_search"])
+    elif index.kind == "ivfpq":
+        index.index.nprobe = int(settings["nprobe"])
+    elif index.kind == "ivfpq-rerank":
+        index.rerank_factor = int(settings["k_factor"])
+        _inverted_lists(index.index).nprobe = int(settings["nprobe"])
 
 
-def _set_default_search_settings(index, kind: str) -> None:
+def _set_default_search_settings(index: SearchIndex) -> None:
     """Size-based settings, set after a build or a read (so they need no rebuild)."""
-    lists = _inverted_lists(index).nlist if kind in ("ivfpq", "ivfpq-rerank") else 0
-    apply_search_settings(index, kind, default_search_settings(kind, index.ntotal, lists))
+    lists = _inverted_lists(index.index).nlist if index.kind in ("ivfpq", "ivfpq-rerank") else 0
+    apply_search_settings(index, default_search_settings(index.kind, index.size, lists))
 
 
 # ------------------------------------------------------------------ search settings by measured recall
@@ -433,12 +475,12 @@ def calibrate_search(
     kth_scores = exact_search(vectors, queries, k)[0][:, -1]
     measured: list[tuple[float, dict[str, int]]] = []
     for settings in candidate_settings(index.kind, index.size, index.dim, lists, codes):
-        apply_search_settings(index.index, index.kind, settings)
+        apply_search_settings(index, settings)
         measured.append((recall_at_k(vectors, queries, index.search(queries, k)[1], kth_scores), settings))
         if measured[-1][0] >= target:
             break
     recall, settings = choose_measured(measured, target)
-    apply_search_settings(index.index, index.kind, settings)
+    apply_search_settings(index, settings)
     if recall < target:
         log.warning("%s index: no setting reached recall@%d %.2f (best %.3f); kept %s at %.3f",
                     index.kind, k, target, max(r for r, _ in measured), settings, recall)  # fmt: skip
@@ -472,16 +514,20 @@ def build_index(
     With both "auto" and ``queries``, an HNSW graph that misses RECALL_FLOOR is compared with
     the compressed kind (``falls_short``, ``higher_recall``).
     """
-    vectors = _as_float32(embeddings)
-    size, dim = vectors.shape
+    if np.ndim(embeddings) != 2:
+        raise ValueError(f"expected (N, D) vectors, got shape {np.shape(embeddings)}")
+    size, dim = np.shape(embeddings)
     budget = default_memory_budget() if memory_budget is None else memory_budget
-    built = _build_kind(vectors, resolve_kind(kind, size, dim, budget), ivf_lists, queries)
+    built = _build_kind(embeddings, resolve_kind(kind, size, dim, budget), ivf_lists, queries)
     if kind == "auto" and falls_short(built):
-        built = higher_recall(built, _build_kind(vectors, FALLBACK_KIND, ivf_lists, queries))
+        built = higher_recall(built, _build_kind(embeddings, FALLBACK_KIND, ivf_lists, queries))
     return built
 
 
-def _build_kind(vectors: np.ndarray, kind: str, ivf_lists: int | None, queries: np.ndarray | None) -> SearchIndex:
+def _build_kind(embeddings: np.ndarray, kind: str, ivf_lists: int | None, queries: np.ndarray | None) -> SearchIndex:
+    """A ``kind`` index over ``embeddings``; the float32 copy a build needs is dropped after it
+    (ivfpq-rerank keeps ``embeddings`` themselves, a memory map stays one)."""
+    vectors = _as_float32(embeddings)
     size, dim = vectors.shape
     if kind == "exact":
         return SearchIndex(vectors, kind, size, dim)
@@ -494,8 +540,8 @@ def _build_kind(vectors: np.ndarray, kind: str, ivf_lists: int | None, queries: 
         if not index.is_trained:
             index.train(vectors)
         index.add(vectors)
-    _set_default_search_settings(index, kind)  # after add: efSearch depends on the size
-    built = SearchIndex(index, kind, size, dim)
+    built = SearchIndex(index, kind, size, dim, vectors=np.asarray(embeddings) if kind == "ivfpq-rerank" else None)
+    _set_default_search_settings(built)  # after add: efSearch depends on the size
     if queries is not None:
         built.calibration = calibrate_search(built, vectors, queries)
     return built
@@ -632,8 +678,9 @@ def _read_faiss(path: Path):
         return faiss.read_index(str(path))
 
 
-def read_stored_index(path: Path, key: dict) -> SearchIndex:
-    """The stored index at ``path`` if its manifest matches ``key`` and the file is whole."""
+def read_stored_index(path: Path, key: dict, vectors: np.ndarray | None = None) -> SearchIndex:
+    """The stored index at ``path`` if its manifest matches ``key`` and the file is whole.
+    ``vectors``: the indexed rows, which an ivfpq-rerank index re-ranks against (see ``SearchIndex``)."""
     try:
         manifest = json.loads(_manifest_path(path).read_text())
     except (OSError, ValueError) as err:
@@ -648,26 +695,27 @@ def read_stored_index(path: Path, key: dict) -> SearchIndex:
         raise StoredIndexError(f"faiss cannot read {path}: {str(err).splitlines()[0]}") from err
     if index.ntotal != key["size"] or index.d != key["dim"]:
         raise StoredIndexError(f"{path} holds {index.ntotal} vectors of {index.d} dimensions, not the expected ones")
-    calibration = None
+    kept = vectors if key["kind"] == "ivfpq-rerank" else None
+    stored = SearchIndex(index, key["kind"], key["size"], key["dim"], origin="loaded", vectors=kept)
     try:
         if manifest.get("search") is not None:
-            calibration = Calibration.from_json(manifest["search"])
-            apply_search_settings(index, key["kind"], calibration.settings)
+            stored.calibration = Calibration.from_json(manifest["search"])
+            apply_search_settings(stored, stored.calibration.settings)
         else:
-            _set_default_search_settings(index, key["kind"])
+            _set_default_search_settings(stored)
     except (KeyError, TypeError, ValueError) as err:
         raise StoredIndexError(f"the manifest beside {path} holds unreadable search settings: {err!r}") from err
-    return SearchIndex(index, key["kind"], key["size"], key["dim"], origin="loaded", calibration=calibration)
+    return stored
 
 
-def _load_stored(store: IndexStore, key: dict) -> SearchIndex | None:
+def _load_stored(store: IndexStore, key: dict, vectors: np.ndarray) -> SearchIndex | None:
     for folder in (*store.read_only, store.folder):
         path = stored_index_path(folder, key)
         if not path.exists() and not _manifest_path(path).exists():
             continue
         start = time.perf_counter()
         try:
-            index = read_stored_index(path, key)
+            index = read_stored_index(path, key, vectors)
         except StoredIndexError as err:
             log.warning("stored %s index not used, it will be rebuilt: %s", key["name"], err)
             continue
@@ -702,7 +750,8 @@ def load_or_build_index(
         queries = None  # nothing to calibrate
     digests = {"name": name, "model": model, "gallery": gallery}
     if kind == "auto" and chosen == "hnsw" and store is not None:
-        stored = _stored_fallback(store, *(_kind_key(embeddings, k, queries, digests) for k in ("hnsw", FALLBACK_KIND)))
+        keys = (_kind_key(embeddings, k, queries, digests) for k in ("hnsw", FALLBACK_KIND))
+        stored = _stored_fallback(store, *keys, embeddings)
         if stored is not None:
             return stored
     index = _load_or_build_kind(embeddings, chosen, store, queries, digests)
@@ -737,7 +786,7 @@ def stored_calibration(store: IndexStore, key: dict) -> Calibration | None:
     return None
 
 
-def _stored_fallback(store: IndexStore, graph_key: dict, fallback_key: dict) -> SearchIndex | None:
+def _stored_fallback(store: IndexStore, graph_key: dict, fallback_key: dict, vectors: np.ndarray) -> SearchIndex | None:
     """The stored compressed index where the stored graph's manifest and the compressed index as read
     show it is what ``higher_recall`` would serve, read without reading the HNSW graph (5 s and 1.3 GB
     at 1M vectors); else None (the caller then reads both, as before)."""
@@ -747,7 +796,7 @@ def _stored_fallback(store: IndexStore, graph_key: dict, fallback_key: dict) -> 
     fallback = stored_calibration(store, fallback_key)
     if fallback is None or fallback.recall <= graph.recall:
         return None
-    index = _load_stored(store, fallback_key)
+    index = _load_stored(store, fallback_key, vectors)
     if index is None or index.calibration is None or index.calibration.recall <= graph.recall:
         return None  # what was read is not what the manifest promised: decide on both indexes as read
     log.warning("HNSW reached recall@%d %.3f at best, under %.2f; the compressed kind reached %.3f: %s serves "
@@ -763,11 +812,11 @@ def _load_or_build_kind(
     name = digests["name"]
     key = _kind_key(embeddings, kind, queries, digests)
     if store is not None and kind != "exact":
-        stored = _load_stored(store, key)
+        stored = _load_stored(store, key, embeddings)
         if stored is not None:
             return stored
     start = time.perf_counter()
-    index = _build_kind(_as_float32(embeddings), kind, None, queries)
+    index = _build_kind(embeddings, kind, None, queries)
     log.info("built the %s index (%s, %d vectors) in %.1f s", name, kind, size, time.perf_counter() - start)
     if index.calibration is not None:
         log.info("%s index search settings %s: recall@%d %.3f on %d queries", name, index.calibration.settings,

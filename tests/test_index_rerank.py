@@ -1,0 +1,111 @@
+"""The compressed kind's second stage: the IVF-PQ shortlist scored again exactly against the
+indexed vectors the caller keeps (``rerank_shortlist``), checked against a naive reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vse.serving.gallery import mapped_tensor
+from vse.serving.index import (
+    IndexStore,
+    SearchIndex,
+    apply_search_settings,
+    build_index,
+    exact_search,
+    load_or_build_index,
+)
+
+
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d)) + 2.0 * np.eye(d)[0]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def naive_rerank(index, vectors: np.ndarray, queries: np.ndarray, k: int, factor: int):
+    """Each query's shortlist from the faiss index, scored one row at a time in Python."""
+    _, shortlist = index.search(queries, factor * k)
+    rows = []
+    for query, candidates in zip(queries, shortlist, strict=True):
+        scored = {int(c): float(np.dot(vectors[c].astype(np.float64), query)) for c in candidates if c >= 0}
+        rows.append(sorted(scored.items(), key=lambda item: (-item[1], item[0]))[:k])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return unit_rows(3_000, 32, seed=0)
+
+
+def test_the_shortlist_is_ranked_as_a_naive_reference_ranks_it(data):
+    queries = unit_rows(40, 32, seed=1)
+    index = build_index(data, "ivfpq-rerank")
+    apply_search_settings(index, {"nprobe": 2, "k_factor": 5})
+    scores, ids = index.search(queries, 10)
+    expected = naive_rerank(index.index, data, queries, 10, 5)
+    assert [list(row) for row in ids] == [[i for i, _ in row] for row in expected]
+    np.testing.assert_allclose(scores, [[s for _, s in row] for row in expected], atol=1e-5)
+
+
+def test_a_shortlist_of_every_row_gives_exact_search(data):
+    queries = unit_rows(30, 32, seed=2)
+    index = build_index(data, "ivfpq-rerank")
+    lists = index.index.nlist
+    apply_search_settings(index, {"nprobe": lists, "k_factor": len(data) // 10})
+    scores, ids = index.search(queries, 10)
+    exact_scores, exact_ids = exact_search(data, queries, 10)
+    np.testing.assert_array_equal(ids, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+
+
+def test_a_short_shortlist_pads_with_minus_one(data):
+    index = build_index(data[:600], "ivfpq-rerank")  # 15 lists of about 40 rows
+    apply_search_settings(index, {"nprobe": 1, "k_factor": 1})
+    scores, ids = index.search(unit_rows(3, 32, seed=3), 100)
+    assert ids.shape == (3, 100) and (ids == -1).any() and (ids[:, :10] >= 0).all()
+    assert (scores[ids == -1] == np.finfo(np.float32).min).all()
+    for row in ids:  # the found ids first, each once
+        found = row[row >= 0]
+        assert len(set(found.tolist())) == len(found) and (row[len(found) :] == -1).all()
+
+
+def test_the_stored_file_holds_no_copy_of_the_vectors(data, tmp_path):
+    """Format 3: the index keeps IVF lists and PQ codes (4 bytes a vector at 32 dimensions); the
+    re-ranking reads the caller's matrix, which it holds without copying."""
+    import faiss
+
+    index = build_index(data, "ivfpq-rerank")
+    assert np.shares_memory(index.vectors, data)
+    stored = faiss.serialize_index(index.index).size
+    assert stored < data.shape[0] * data.shape[1]  # an 8-bit copy alone would take this
+    assert index.memory_bytes() == stored + data.nbytes
+
+
+def test_float16_memory_mapped_vectors_are_re_ranked_in_float32(data, tmp_path):
+    path = tmp_path / "embeddings.safetensors"
+    save_file({"images": torch.from_numpy(data).half()}, path)
+    mapped = mapped_tensor(path, "images").numpy()
+    queries = unit_rows(20, 32, seed=4)
+    index = load_or_build_index(
+        mapped, "ivfpq-rerank", name="image", model="m", gallery="g", store=IndexStore(tmp_path / "index")
+    )
+    again = load_or_build_index(
+        mapped, "ivfpq-rerank", name="image", model="m", gallery="g", store=IndexStore(tmp_path / "index")
+    )
+    assert index.origin == "built" and again.origin == "loaded"
+    assert np.shares_memory(again.vectors, mapped)  # the map itself, not a float32 copy
+    expected = naive_rerank(again.index, mapped, queries, 10, again.rerank_factor)
+    for built in (index, again):
+        scores, ids = built.search(queries, 10)
+        assert [list(row) for row in ids] == [[i for i, _ in row] for row in expected]
+        np.testing.assert_allclose(scores, [[s for _, s in row] for row in expected], atol=1e-5)
+
+
+def test_the_compressed_kind_refuses_to_run_without_its_vectors(data):
+    index = build_index(data, "ivfpq-rerank")
+    with pytest.raises(ValueError, match="needs the 3000 indexed vectors"):
+        SearchIndex(index.index, "ivfpq-rerank", 3_000, 32)
+    with pytest.raises(ValueError, match="needs the 3000 indexed vectors"):
+        SearchIndex(index.index, "ivfpq-rerank", 3_000, 32, vectors=data[:10])
