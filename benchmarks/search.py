@@ -95,9 +95,11 @@ def tie_aware_recall(data: np.ndarray, queries: np.ndarray, found: np.ndarray, t
 
 def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, calibration: np.ndarray) -> dict:
     """One index of ``kind`` over ``data``, its settings calibrated on ``calibration`` (queries
-    held apart from ``queries``), measured on ``queries`` against ``truth``."""
+    held apart from ``queries``), measured on ``queries`` against ``truth``.  The compressed kind
+    re-ranks against float16 rows, as the app keeps its embeddings (``vse.serving.gallery``)."""
+    kept = data.astype(np.float16) if kind == "ivfpq-rerank" else data
     start = time.perf_counter()
-    index = build_index(data, kind, queries=calibration)
+    index = build_index(kept, kind, queries=calibration)
     build = time.perf_counter() - start
 
     def search(q: np.ndarray) -> np.ndarray:
@@ -160,7 +162,7 @@ def sweep(name: str, data: np.ndarray, queries: np.ndarray) -> list[dict]:
 
     truth = ground_truth(data, queries)
     start = time.perf_counter()
-    index = build_index(data, "ivfpq-rerank")
+    index = build_index(data.astype(np.float16), "ivfpq-rerank")  # float16 rows, as the app keeps them
     build = time.perf_counter() - start
     lists = faiss.extract_index_ivf(index.index)
     rows = []
@@ -394,7 +396,8 @@ clusters. recall@10 counts a found row when it scores at least the 10th true sco
 (any of several equal rows is right); "id recall@10" counts only the exact ids.
 Single-query latency is one query per call; batch throughput is {BATCH_QUERIES:,}
 queries in one call. Memory is the index's own size (for exact search: the float32
-matrix). The auto choice is exact search up to {EXACT_MAX:,} vectors, HNSW beyond while its
+matrix; for `ivfpq-rerank`, with the float16 rows it re-ranks against, which the app shares with
+its memory-mapped embeddings file). The auto choice is exact search up to {EXACT_MAX:,} vectors, HNSW beyond while its
 estimated memory ({hnsw_bytes(1_000_000, dim) / 1e9:.2f} GB per million vectors here) fits a budget
 ({MEMORY_SHARE:g} of the machine's memory by default), then the compressed `ivfpq-rerank` (see its sweep below);
 HNSW is built

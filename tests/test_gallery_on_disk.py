@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -390,6 +391,22 @@ def test_the_thumbnail_folder_keeps_to_its_bound_dropping_the_least_recently_vie
         assert cache.find(keys[0]) is not None, "the first file was evicted although viewed after every other"
     total = sum(p.stat().st_size for p in (tmp_path / "thumbnails").rglob("*.png"))
     assert total <= 10_000 and cache.find(keys[-1]) is not None and cache.find(keys[1]) is None
+
+
+def test_a_view_marks_a_thumbnail_as_viewed_unless_it_was_marked_recently(tmp_path):
+    from vse.serving.thumbnails import RECENT_SECONDS
+
+    cache = ThumbnailCache(tmp_path / "thumbnails", 10**6)
+    recent, old = "ab" * 32, "cd" * 32
+    for key in (recent, old):
+        cache.file(key, lambda: (b"\x89PNG" + b"x" * 96, ".png"))
+    now = time.time()
+    marked = int((now - RECENT_SECONDS / 2) * 1e9)
+    os.utime(cache.path(recent, ".png"), ns=(marked, marked))
+    os.utime(cache.path(old, ".png"), ns=(10**9, 10**9))
+    assert cache.find(recent) is not None and cache.find(old) is not None
+    assert cache.path(recent, ".png").stat().st_mtime_ns == marked  # no disk write for a recent mark
+    assert cache.path(old, ".png").stat().st_mtime >= now - 1  # an old mark is renewed
 
 
 def test_the_app_shows_gallery_images_through_the_thumbnail_cache(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ Files are written under a temporary name and renamed into place, so concurrent
 writers (the app serves several requests at once; several processes may share a
 data folder) never show a half-written file: the last rename wins, and every
 writer wrote the same bytes.  The folder is kept under ``max_bytes`` by deleting
-the files viewed longest ago (a view sets a file's mtime).
+the files viewed longest ago (a view sets a file's mtime, unless it was set within
+``RECENT_SECONDS``: a result page's dozen inode writes are saved on a busy gallery).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +39,9 @@ THUMBNAIL_SIDE = 512
 # After the folder outgrows its bound, files are deleted down to this share of it,
 # so that eviction scans the folder now and then, not on every write.
 EVICT_TO = 0.8
+# A view marks a file as viewed now (its mtime) only if the mark is older than this: eviction
+# needs the order of views to about this precision, not one disk write per result shown.
+RECENT_SECONDS = 60.0
 
 
 class ThumbnailCache:
@@ -56,12 +61,13 @@ class ThumbnailCache:
         for suffix in SUFFIXES:
             path = self.path(key, suffix)
             try:
-                size = path.stat().st_size
+                status = path.stat()
             except OSError:
                 continue
-            if size > 0:  # an empty file is a write cut short by a crash: written again
-                with contextlib.suppress(OSError):  # recency is a hint; a file that cannot be touched still serves
-                    os.utime(path)
+            if status.st_size > 0:  # an empty file is a write cut short by a crash: written again
+                if time.time() - status.st_mtime > RECENT_SECONDS:
+                    with contextlib.suppress(OSError):  # recency is a hint; a file that cannot be touched still serves
+                        os.utime(path)
                 return path
         return None
 
