@@ -16,6 +16,7 @@ from vse.serving.index import (
     build_index,
     exact_search,
     load_or_build_index,
+    rerank_shortlist,
 )
 
 
@@ -95,7 +96,8 @@ def test_float16_memory_mapped_vectors_are_re_ranked_in_float32(data, tmp_path):
         mapped, "ivfpq-rerank", name="image", model="m", gallery="g", store=IndexStore(tmp_path / "index")
     )
     assert index.origin == "built" and again.origin == "loaded"
-    assert np.shares_memory(again.vectors, mapped)  # the map itself, not a float32 copy
+    for kept in (index, again):  # the map itself, not the float32 copy the build made
+        assert np.shares_memory(kept.vectors, mapped) and kept.vectors.dtype == np.float16
     expected = naive_rerank(again.index, mapped, queries, 10, again.rerank_factor)
     for built in (index, again):
         scores, ids = built.search(queries, 10)
@@ -109,3 +111,41 @@ def test_the_compressed_kind_refuses_to_run_without_its_vectors(data):
         SearchIndex(index.index, "ivfpq-rerank", 3_000, 32)
     with pytest.raises(ValueError, match="needs the 3000 indexed vectors"):
         SearchIndex(index.index, "ivfpq-rerank", 3_000, 32, vectors=data[:10])
+
+
+def test_equal_rows_come_back_lower_id_first(data):
+    """Duplicate images score alike: the re-ranking orders them by id, as exact search does."""
+    copies = data.copy()
+    copies[[700, 1500, 2999]] = copies[5]
+    query = copies[5:6]
+    index = build_index(copies, "ivfpq-rerank")
+    apply_search_settings(index, {"nprobe": index.index.nlist, "k_factor": 20})
+    scores, ids = index.search(query, 4)
+    assert ids[0, :4].tolist() == [5, 700, 1500, 2999]
+    assert len(set(scores[0, :4].round(5).tolist())) == 1
+    np.testing.assert_array_equal(ids, exact_search(copies, query, 4)[1])
+
+
+class EmptyShortlists:
+    """A faiss-like index whose probed lists hold nothing: every candidate is -1."""
+
+    ntotal = 3_000
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+
+
+def test_an_empty_shortlist_gives_no_results_not_an_error(data):
+    scores, ids = rerank_shortlist(EmptyShortlists(), data, unit_rows(3, 32, seed=6), 5, 10)
+    assert (ids == -1).all() and (scores == np.finfo(np.float32).min).all()
+
+
+def test_an_index_of_duplicates_with_empty_lists_builds_and_answers():
+    """Few distinct rows, many copies: most IVF lists stay empty, and a query probing only those
+    gets an empty shortlist (during the calibration too)."""
+    rows = np.repeat(unit_rows(40, 32, seed=7), 100, axis=0)
+    index = build_index(rows, "ivfpq-rerank", queries=unit_rows(50, 32, seed=8))
+    apply_search_settings(index, {"nprobe": 1, "k_factor": 1})
+    scores, ids = index.search(unit_rows(60, 32, seed=9), 10)
+    assert ids.shape == (60, 10) and (ids < len(rows)).all()
+    assert (ids[:, 0] == -1).any() and (ids[:, 0] >= 0).any()  # some shortlists were empty, some not

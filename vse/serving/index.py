@@ -72,9 +72,10 @@ IVF_TRAINING_PER_LIST = 39
 RERANK_SUBQUANTIZER_DIMS = 8  # dimensions per PQ subquantizer: 32 one-byte codes for 256 dimensions
 RERANK_PROBE_SHARE = 0.25  # nprobe: this share of the lists
 RERANK_FACTOR = 20
-# Values per torch operation of the re-ranking: at most PyTorch's grain size (at::internal::GRAIN_SIZE),
-# below which an operation runs on the calling thread.  Queries stay on one thread each, as in
-# exact search (scores_of_one): threads that wait for each other cost milliseconds under load.
+# Values per torch operation of the re-ranking's float16 conversion: at most PyTorch's grain size
+# (at::internal::GRAIN_SIZE), below which an operation runs on the calling thread; the scores then
+# come from faiss's single-threaded loop (scores_of_one).  A query stays on one thread, as in exact
+# search: threads that wait for each other cost milliseconds under load.
 TORCH_GRAIN = 32768
 # Each faiss kind as a faiss.index_factory string, its fields from build_parameters.
 FACTORY = {
@@ -88,10 +89,14 @@ FACTORY = {
     "ivfpq-rerank": "IVF{lists},PQ{subquantizers}x{bits}np",  # the shortlist's re-ranking: rerank_shortlist
 }
 KINDS = ("auto", "exact", *FACTORY)
-# Part of every stored index's key: bump it when build_index changes what it builds.
+# Part of every stored index's key: bump it when build_index changes what it builds for every kind
+# (for one kind: KIND_FORMATS).
 # 2: search settings calibrated and kept in the manifest; PQ without polysemous training.
-# 3: ivfpq-rerank re-ranks against the caller's vectors, not 8-bit copies in the file.
-STORED_INDEX_FORMAT = 3
+STORED_INDEX_FORMAT = 2
+# Kinds whose files changed since: their own format, so that the other kinds' stored files (an HNSW
+# graph takes minutes to build at 1M vectors) stay valid across the change.
+# ivfpq-rerank 3: re-ranks against the caller's vectors, not 8-bit copies in the file.
+KIND_FORMATS = {"ivfpq-rerank": 3}
 # Search settings chosen by measured recall (calibrate_search).  The target sits above the
 # 0.95 the project asks for, so that queries the calibration did not see still clear it.
 RECALL_TARGET = 0.97
@@ -177,21 +182,32 @@ def rerank_shortlist(
     (Q, k) scores and ids, best first, ties by lower id; ids -1 (and the lowest float32 score)
     where the shortlist holds fewer than ``k``.  Only the shortlisted rows of ``vectors`` are read.
     """
-    import torch
-
     _, shortlist = index.search(queries, max(k, min(index.ntotal, factor * k)))
     scores = np.full((len(queries), k), np.finfo(np.float32).min, np.float32)
     ids = np.full((len(queries), k), -1, np.int64)
     for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
         candidates = np.sort(candidates[candidates >= 0])  # rows read in file order
-        # np.take: half the time of fancy indexing; torch: float16 to float32 several times faster than numpy
-        rows, target = torch.from_numpy(np.take(vectors, candidates, axis=0)), torch.from_numpy(query)
-        step = max(1, TORCH_GRAIN // max(1, rows.shape[1]))  # on this thread: no wait for a busy pool
-        exact = torch.cat([rows[start : start + step].float() @ target for start in range(0, len(rows), step)])
-        exact = exact.numpy()
+        if not len(candidates):  # every probed list empty (or a query faiss could not place)
+            continue
+        exact = scores_of_one(as_float32_rows(np.take(vectors, candidates, axis=0)), query)
         best = np.lexsort((candidates, -exact))[:k]
         scores[row, : len(best)], ids[row, : len(best)] = exact[best], candidates[best]
     return scores, ids
+
+
+def as_float32_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows`` as contiguous float32, converted on this thread: by torch (several times as fast as
+    numpy from float16) in slices within its grain size, below which it does not use its thread pool."""
+    if rows.dtype == np.float32:
+        return np.ascontiguousarray(rows)
+    import torch
+
+    converted = np.empty(rows.shape, np.float32)
+    source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(converted)
+    step = max(1, TORCH_GRAIN // max(1, rows.shape[1] if rows.ndim > 1 else 1))
+    for start in range(0, len(rows), step):
+        target[start : start + step].copy_(source[start : start + step])
+    return converted
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -586,7 +602,7 @@ def index_key(
     """Everything a stored index depends on; a stored index is used only when all of it matches.
     ``calibration``: what its search settings were chosen against (``calibration_key``), None for
     the size-based defaults."""
-    return {"format": STORED_INDEX_FORMAT, "name": name, "model": model, "gallery": gallery,
+    return {"format": KIND_FORMATS.get(kind, STORED_INDEX_FORMAT), "name": name, "model": model, "gallery": gallery,
             "kind": kind, "params": params, "size": size, "dim": dim, "calibration": calibration}  # fmt: skip
 
 
@@ -701,7 +717,7 @@ def read_stored_index(path: Path, key: dict, vectors: np.ndarray | None = None) 
         raise StoredIndexError(f"faiss cannot read {path}: {str(err).splitlines()[0]}") from err
     if index.ntotal != key["size"] or index.d != key["dim"]:
         raise StoredIndexError(f"{path} holds {index.ntotal} vectors of {index.d} dimensions, not the expected ones")
-    kept = vectors if key["kind"] == "ivfpq-rerank" else None
+    kept = np.asarray(vectors) if key["kind"] == "ivfpq-rerank" and vectors is not None else None
     stored = SearchIndex(index, key["kind"], key["size"], key["dim"], origin="loaded", vectors=kept)
     try:
         if manifest.get("search") is not None:
