@@ -463,22 +463,24 @@ class VSEApp:
             return data, suffix
         return scaled_down(self.service.gallery.image(index), THUMBNAIL_SIDE)
 
-    def _hit_items(self, hits) -> list[GalleryItem]:
-        """The gallery items of ``hits``, made from their Arrow rows in one pass."""
-        return self.service.gallery.items_at([h.index for h in hits])
+    def _labels(self, hits) -> list[tuple[str, str | None]]:
+        """(id, title) of each hit's image, read from their two columns: a page of results shows
+        nothing else of its items (building whole items cost 0.2-0.4 ms a search at 1M)."""
+        gallery = self.service.gallery
+        return [(gallery.ids[h.index], gallery.titles[h.index]) for h in hits]
 
-    def _gallery_cells(self, hits, items: list[GalleryItem] | None = None) -> list[tuple[str, str]]:
-        items = self._hit_items(hits) if items is None else items
+    def _gallery_cells(self, hits, labels: list[tuple[str, str | None]] | None = None) -> list[tuple[str, str]]:
+        labels = self._labels(hits) if labels is None else labels
         return [
-            (self.thumbnail_file(h.index), f"{item.title or item.id} · {h.score:.2f}")
-            for h, item in zip(hits, items, strict=True)
+            (self.thumbnail_file(h.index), f"{title or image_id} · {h.score:.2f}")
+            for h, (image_id, title) in zip(hits, labels, strict=True)
         ]
 
     @staticmethod
-    def _results_table(hits, items: list[GalleryItem]) -> list[list]:
+    def _results_table(hits, labels: list[tuple[str, str | None]]) -> list[list]:
         return [
-            [rank + 1, item.title, item.id, round(h.score, 4)]
-            for rank, (h, item) in enumerate(zip(hits, items, strict=True))
+            [rank + 1, title, image_id, round(h.score, 4)]
+            for rank, (h, (image_id, title)) in enumerate(zip(hits, labels, strict=True))
         ]
 
     @torch.inference_mode()
@@ -490,8 +492,8 @@ class VSEApp:
             hits = self.service.search_text(query, result_count(k, 1, MAX_TOP_K))
         except QueryError as err:
             raise refusal(str(err)) from None
-        items = self._hit_items(hits)
-        return self._gallery_cells(hits, items), self._results_table(hits, items), [h.index for h in hits]
+        labels = self._labels(hits)
+        return self._gallery_cells(hits, labels), self._results_table(hits, labels), [h.index for h in hits]
 
     def _captions_table(self, embedding: torch.Tensor) -> list[list]:
         pool = self.service.gallery

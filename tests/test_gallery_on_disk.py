@@ -213,6 +213,9 @@ def test_a_page_of_items_read_at_once_equals_reading_them_one_by_one(tmp_path):
         assert gallery.items_at([]) == []
         with pytest.raises(IndexError):
             gallery.items_at([len(gallery)])
+        assert [(gallery.ids[i], gallery.titles[i]) for i in page] == [
+            (gallery.items[i].id, gallery.items[i].title) for i in page
+        ]
 
 
 def test_repeated_ids_in_shards_are_skipped_and_counted(tmp_path):

@@ -453,6 +453,7 @@ class Gallery:
         self._table, self._images, self._fingerprint, self._origin = table, images, fingerprint, origin
         self.items = GalleryItems(self)
         self.ids = ColumnView(table["id"])
+        self.titles = ColumnView(table["title"])
         self.position = IdPositions(table["id"])
         texts, kept, owners = pooled_captions(table["captions"])
         self.caption_texts = ColumnView(texts, kept)

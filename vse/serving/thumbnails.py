@@ -49,6 +49,7 @@ class ThumbnailCache:
 
     def __init__(self, folder: str | Path, max_bytes: int):
         self.folder, self.max_bytes = Path(folder), max_bytes
+        self._root = str(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._stored: int | None = None  # bytes in the folder, counted at the first write
@@ -58,17 +59,18 @@ class ThumbnailCache:
 
     def find(self, key: str) -> Path | None:
         """The stored file of ``key`` (marked as just viewed), or None."""
+        stem = os.path.join(self._root, key[:2], key)  # strings: a result page looks up a dozen files
         for suffix in SUFFIXES:
-            path = self.path(key, suffix)
+            path = stem + suffix
             try:
-                status = path.stat()
+                status = os.stat(path)
             except OSError:
                 continue
             if status.st_size > 0:  # an empty file is a write cut short by a crash: written again
                 if time.time() - status.st_mtime > RECENT_SECONDS:
                     with contextlib.suppress(OSError):  # recency is a hint; a file that cannot be touched still serves
                         os.utime(path)
-                return path
+                return Path(path)
         return None
 
     def file(self, key: str, encode: Callable[[], tuple[bytes, str]]) -> Path:
