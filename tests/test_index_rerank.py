@@ -1,7 +1,10 @@
 """The compressed kind's second stage: the IVF-PQ shortlist scored again exactly against the
-indexed vectors the caller keeps (``rerank_shortlist``), checked against a naive reference."""
+indexed vectors the caller keeps (``rerank_shortlist``), checked against a naive reference; and
+the upgrade its new stored format brought (``prune_superseded``)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -149,3 +152,29 @@ def test_an_index_of_duplicates_with_empty_lists_builds_and_answers():
     scores, ids = index.search(unit_rows(60, 32, seed=9), 10)
     assert ids.shape == (60, 10) and (ids < len(rows)).all()
     assert (ids[:, 0] == -1).any() and (ids[:, 0] >= 0).any()  # some shortlists were empty, some not
+
+
+def test_an_upgrade_deletes_the_stored_index_it_supersedes_and_nothing_else(data, tmp_path, monkeypatch):
+    """A stored index of an older file format, same in all else, is deleted once the new one is saved;
+    one made for other calibration queries (another configuration) is kept, as is one in use elsewhere."""
+    import vse.serving.index as index_module
+
+    store, queries = IndexStore(tmp_path / "index"), unit_rows(20, 32, seed=10)
+
+    def stored(**calibration) -> object:
+        return load_or_build_index(data, "hnsw", name="image", model="m", gallery="g", store=store, **calibration)
+
+    monkeypatch.setattr(index_module, "STORED_INDEX_FORMAT", 1)
+    stored()
+    stored(queries=queries)
+    old = sorted(store.folder.glob("image-hnsw-*.faiss"))
+    monkeypatch.undo()
+    assert len(old) == 2 and stored().origin == "built"
+    kept = sorted(store.folder.glob("image-hnsw-*.faiss"))
+    assert len(kept) == 2 and len(set(kept) & set(old)) == 1  # the other calibration's file stays
+    manifests = [json.loads(p.with_suffix(".json").read_text())["key"] for p in kept]
+    assert sorted((m["format"], m["calibration"] is None) for m in manifests) == [
+        (1, False),
+        (index_module.STORED_INDEX_FORMAT, True),
+    ]
+    assert stored().origin == "loaded"

@@ -856,3 +856,34 @@ def _save_quietly(index: SearchIndex, path: Path, key: dict) -> None:
         log.warning("could not save the %s index to %s: %s", key["name"], path, err)
         return
     log.info("saved the %s index to %s", key["name"], path)
+    prune_superseded(path.parent, key)
+
+
+def prune_superseded(folder: Path, key: dict) -> list[Path]:
+    """Delete the stored indexes in ``folder`` that ``key`` supersedes: made for the same name, kind,
+    model, gallery, parameters, size and calibration in another file format (an upgrade of this
+    library), which no start of this version reads again (an HNSW graph of 1M vectors is 1.3 GB).
+    Indexes that differ in anything else are left: another configuration may still use them.  A
+    running process that maps a deleted file keeps reading it.  The paths deleted."""
+    same = {name: value for name, value in key.items() if name != "format"}
+    removed = []
+    for manifest_path in Path(folder).glob(f"{key['name']}-{key['kind']}-*.json"):
+        try:
+            stored = json.loads(manifest_path.read_text()).get("key")
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable or being written: not ours to judge
+        if not isinstance(stored, dict) or stored.get("format") == key["format"]:
+            continue
+        if {name: value for name, value in stored.items() if name != "format"} != same:
+            continue
+        index_path = manifest_path.with_suffix(".faiss")
+        try:
+            manifest_path.unlink(missing_ok=True)  # the manifest first, as save_stored_index writes it last
+            index_path.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not delete the superseded index %s: %s", index_path, err)
+            continue
+        removed.append(index_path)
+        log.info("deleted %s, stored in format %s and superseded by format %s", index_path, stored.get("format"),
+                 key["format"])  # fmt: skip
+    return removed
