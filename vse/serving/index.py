@@ -196,18 +196,16 @@ def rerank_shortlist(
 
 
 def as_float32_rows(rows: np.ndarray) -> np.ndarray:
-    """``rows`` as contiguous float32, converted on this thread: by torch (several times as fast as
-    numpy from float16) in slices within its grain size, below which it does not use its thread pool."""
+    """(N, D) ``rows`` as contiguous float32, converted on this thread: by torch (several times as
+    fast as numpy from float16) in slices within its grain size, below which it uses no thread pool."""
     if rows.dtype == np.float32:
         return np.ascontiguousarray(rows)
     import torch
 
-    converted = np.empty(rows.shape, np.float32)
-    source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(converted)
-    step = max(1, TORCH_GRAIN // max(1, rows.shape[1] if rows.ndim > 1 else 1))
-    for start in range(0, len(rows), step):
-        target[start : start + step].copy_(source[start : start + step])
-    return converted
+    from vse.serving.gallery import as_float32
+
+    step = max(1, TORCH_GRAIN // max(1, rows.shape[1]))
+    return as_float32(torch.from_numpy(np.ascontiguousarray(rows)), chunk=step).numpy()
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
