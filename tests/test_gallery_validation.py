@@ -130,6 +130,8 @@ def test_the_service_starts_with_the_good_images_and_counts_the_bad(model_dir, t
     assert service.embeddings.dropped == ["img1", "img3"] and service.embeddings.images.shape == (2, 8)
     assert "2 unreadable images left out" in caplog.text and "loaded 2 images (2 unreadable left out)" in caplog.text
     assert service.search_text("a red circle", 2)
+    copies = service.model.onnx_copies()
+    assert copies and all(c.pinned for c in copies)  # a served model's weights are not checked per query
 
 
 def test_the_service_refuses_at_start_a_gallery_that_decodes_to_nothing(model_dir, tmp_path):

@@ -76,12 +76,15 @@ def test_a_short_shortlist_pads_with_minus_one(data):
 
 
 def test_the_stored_file_holds_no_copy_of_the_vectors(data, tmp_path):
-    """Format 3: the index keeps IVF lists and PQ codes (4 bytes a vector at 32 dimensions); the
-    re-ranking reads the caller's matrix, which it holds without copying."""
+    """Format 4: the index keeps IVF lists and 4-bit PQ codes over pairs of dimensions (8 bytes a
+    vector at 32 dimensions, scanned by faiss's fast-scan kernels); the re-ranking reads the
+    caller's matrix, which it holds without copying."""
     import faiss
 
     index = build_index(data, "ivfpq-rerank")
     assert np.shares_memory(index.vectors, data)
+    assert faiss.extract_index_ivf(index.index).code_size == data.shape[1] // 4
+    assert isinstance(index.index, faiss.IndexIVFPQFastScan)
     stored = faiss.serialize_index(index.index).size
     assert stored < data.shape[0] * data.shape[1]  # an 8-bit copy alone would take this
     assert index.memory_bytes() == stored + data.nbytes

@@ -200,6 +200,66 @@ def test_the_onnx_copy_follows_every_kind_of_weight_change(change):
     torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4 * scale, rtol=1e-4)
 
 
+def test_a_pinned_copy_reads_no_weights_until_it_is_unpinned(monkeypatch):
+    """Pinned (a served model's promise): no stamp per call, so a change goes unseen, as promised,
+    until unpinning, after which the next call follows it."""
+    module = backbone(runtime="onnx")
+    stamps = []
+    real_stamp = onnx_copy.WeightsWatch.stamp
+    monkeypatch.setattr(onnx_copy.WeightsWatch, "stamp", lambda watch, m: stamps.append(m) or real_stamp(watch, m))
+    pixels = torch.randn(2, 3, 64, 64)
+    module.onnx_copy.pinned = True
+    with torch.inference_mode():
+        before = module(pixels)  # the first call makes the session: one stamp
+        assert len(stamps) == 1
+        for _ in range(3):
+            torch.testing.assert_close(module(pixels), before)
+    assert len(stamps) == 1
+    changes()["written in place"](module)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(pixels), before)  # not seen while pinned
+        module.onnx_copy.pinned = False
+        after = module(pixels)
+    assert len(stamps) == 2
+    scale = float(before.abs().max())
+    torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4 * scale, rtol=1e-4)
+    assert (after - before).abs().max() > 0.05 * scale
+
+
+def test_a_pinned_copy_still_follows_the_thread_count(text_encoder):
+    """Pinning skips only the weights' check: another thread count still gets its own session."""
+    copy_ = text_encoder.onnx_copy  # threads=0: torch's thread count at the call
+    copy_.pinned = True
+    batch = text_encoder.tokenize(["a red circle", "a square"])
+    threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            one = text_encoder.features(batch)
+            first = copy_._session
+            assert text_encoder.features(batch) is not None and copy_._session is first
+            torch.set_num_threads(2)
+            two = text_encoder.features(batch)
+    finally:
+        torch.set_num_threads(threads)
+    assert copy_._session is not first
+    torch.testing.assert_close(two, one, atol=1e-5, rtol=1e-5)
+
+
+def test_pin_weights_pins_every_copy_of_a_model_and_training_unpins_them(tiny_bert):
+    config = VSEConfig(embed_dim=8, image_size=64, text_encoder="transformer", text_model=str(tiny_bert))
+    model = VSEModel(config).eval()
+    copies = model.onnx_copies()
+    expected = [model.image_encoder.backbone.onnx_copy, model.text_encoder.onnx_copy, model.text_encoder.query_copy]
+    assert sorted(map(id, copies)) == sorted(map(id, expected))
+    assert not any(c.pinned for c in copies)
+    assert all(c.pinned for c in model.pin_weights().onnx_copies())
+    model.eval()
+    assert all(c.pinned for c in copies)
+    model.train()
+    assert not any(c.pinned for c in copies)
+
+
 def test_gradients_training_mode_and_the_torch_runtime_use_pytorch():
     module = backbone()
     pixels = torch.randn(2, 3, 64, 64, requires_grad=True)

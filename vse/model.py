@@ -51,6 +51,7 @@ from vse.model_files import (
     read_config,
     read_json,
 )
+from vse.onnx_copy import OnnxCopy
 from vse.suspicion import SUSPICION_FILE, SuspicionTable
 from vse.text import GRUTextEncoder, TransformerTextEncoder, tags_to_text
 from vse.vocab import TOKENIZER_FILE, load_vocabulary
@@ -201,11 +202,30 @@ class VSEModel(
             backbone.eval()
 
     def train(self, mode: bool = True) -> VSEModel:
-        """Like ``nn.Module.train``, but frozen backbones stay in eval mode (BatchNorm, dropout)."""
+        """Like ``nn.Module.train``, but frozen backbones stay in eval mode (BatchNorm, dropout).
+        Training mode withdraws ``pin_weights``'s promise: training changes weights."""
         super().train(mode)
         for backbone in self._frozen_backbones().values():
             backbone.eval()
+        if mode:
+            self.pin_weights(False)
         return self
+
+    def pin_weights(self, pinned: bool = True) -> VSEModel:
+        """Promise that the weights will not change from now on (a served model), or withdraw it.
+
+        The ONNX Runtime copies of the frozen backbones (``OnnxCopy.pinned``) then stop reading
+        every parameter's stamp on each call: 0.14 ms of a search query's encoding for MiniLM's
+        105 tensors.  Weights changed while pinned are not seen by those copies until
+        ``pin_weights(False)`` or ``train()``.
+        """
+        for copy in self.onnx_copies():
+            copy.pinned = pinned
+        return self
+
+    def onnx_copies(self) -> list[OnnxCopy]:
+        """The ONNX Runtime copies of this model's modules (plain attributes, not submodules)."""
+        return [value for module in self.modules() for value in vars(module).values() if isinstance(value, OnnxCopy)]
 
     @property
     def device(self) -> torch.device:

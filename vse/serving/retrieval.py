@@ -190,7 +190,7 @@ class RetrievalService:
         report = progress or (lambda what, done, total: None)
         report("loading the model", 0, 0)
         folder = resolve_model_dir(model_source)
-        model = VSEModel.from_pretrained(folder)
+        model = VSEModel.from_pretrained(folder).eval().pin_weights()  # served: its weights never change
         revision = model_digest(folder)
         report("loading the gallery", 0, 0)
         gallery, skipped = load_gallery(gallery_source, state_dir=Path(data_dir) / GALLERY_STATE)
