@@ -157,27 +157,38 @@ def test_an_index_of_duplicates_with_empty_lists_builds_and_answers():
     assert (ids[:, 0] == -1).any() and (ids[:, 0] >= 0).any()  # some shortlists were empty, some not
 
 
-def test_an_upgrade_deletes_the_stored_index_it_supersedes_and_nothing_else(data, tmp_path, monkeypatch):
-    """A stored index of an older file format, same in all else, is deleted once the new one is saved;
-    one made for other calibration queries (another configuration) is kept, as is one in use elsewhere."""
+def test_an_upgrade_deletes_the_stored_indexes_it_supersedes_and_nothing_else(data, tmp_path, monkeypatch):
+    """Once an index is saved, stored indexes of the same name, kind, model and gallery in an older
+    file format are deleted, whatever their parameters or calibration (this version reads none of
+    them); another model's, another kind's and a newer format's (a newer version sharing the
+    folder) are kept."""
     import vse.serving.index as index_module
 
     store, queries = IndexStore(tmp_path / "index"), unit_rows(20, 32, seed=10)
+    current = index_module.STORED_INDEX_FORMAT
 
-    def stored(**calibration) -> object:
-        return load_or_build_index(data, "hnsw", name="image", model="m", gallery="g", store=store, **calibration)
+    def stored(kind: str = "hnsw", model: str = "m", **calibration) -> object:
+        return load_or_build_index(data, kind, name="image", model=model, gallery="g", store=store, **calibration)
 
-    monkeypatch.setattr(index_module, "STORED_INDEX_FORMAT", 1)
+    def formats() -> list[tuple[str, int, str, bool]]:
+        keys = [json.loads(p.read_text())["key"] for p in store.folder.glob("image-*.json")]
+        assert len(keys) == len(list(store.folder.glob("image-*.faiss")))  # no file without its manifest
+        return sorted((k["kind"], k["format"], k["model"], k["calibration"] is None) for k in keys)
+
+    monkeypatch.setattr(index_module, "STORED_INDEX_FORMAT", current - 1)
     stored()
+    monkeypatch.setattr(index_module, "HNSW_NEIGHBOURS", 8)  # the older format's parameters differ too
     stored(queries=queries)
-    old = sorted(store.folder.glob("image-hnsw-*.faiss"))
+    stored(model="other")
+    stored(kind="sq8")
+    monkeypatch.setattr(index_module, "STORED_INDEX_FORMAT", current + 1)
+    stored(queries=queries)
     monkeypatch.undo()
-    assert len(old) == 2 and stored().origin == "built"
-    kept = sorted(store.folder.glob("image-hnsw-*.faiss"))
-    assert len(kept) == 2 and len(set(kept) & set(old)) == 1  # the other calibration's file stays
-    manifests = [json.loads(p.with_suffix(".json").read_text())["key"] for p in kept]
-    assert sorted((m["format"], m["calibration"] is None) for m in manifests) == [
-        (1, False),
-        (index_module.STORED_INDEX_FORMAT, True),
+    assert stored().origin == "built"
+    assert formats() == [
+        ("hnsw", current - 1, "other", True),
+        ("hnsw", current, "m", True),
+        ("hnsw", current + 1, "m", False),
+        ("sq8", current - 1, "m", True),
     ]
     assert stored().origin == "loaded"

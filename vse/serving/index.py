@@ -867,20 +867,22 @@ def _save_quietly(index: SearchIndex, path: Path, key: dict) -> None:
 
 def prune_superseded(folder: Path, key: dict) -> list[Path]:
     """Delete the stored indexes in ``folder`` that ``key`` supersedes: made for the same name, kind,
-    model, gallery, parameters, size and calibration in another file format (an upgrade of this
-    library), which no start of this version reads again (an HNSW graph of 1M vectors is 1.3 GB).
-    Indexes that differ in anything else are left: another configuration may still use them.  A
-    running process that maps a deleted file keeps reading it.  The paths deleted."""
-    same = {name: value for name, value in key.items() if name != "format"}
+    model and gallery in an older file format (an upgrade of this library), which no start of this
+    version reads again, whatever parameters or calibration they were made with (a format change
+    may change the parameters themselves: format 4 of the compressed kind did).  An HNSW graph of 1M
+    vectors is 1.3 GB.  Newer formats (a newer version sharing the folder) and other names, kinds,
+    models or galleries are left.  A running process that maps a deleted file keeps reading it.
+    The paths deleted."""
+    identity = ("name", "kind", "model", "gallery")
     removed = []
     for manifest_path in Path(folder).glob(f"{key['name']}-{key['kind']}-*.json"):
         try:
             stored = json.loads(manifest_path.read_text()).get("key")
         except (OSError, ValueError, AttributeError):
             continue  # unreadable or being written: not ours to judge
-        if not isinstance(stored, dict) or stored.get("format") == key["format"]:
+        if not isinstance(stored, dict) or not _older_format(stored.get("format"), key["format"]):
             continue
-        if {name: value for name, value in stored.items() if name != "format"} != same:
+        if any(stored.get(name) != key[name] for name in identity):
             continue
         index_path = manifest_path.with_suffix(".faiss")
         try:
@@ -893,3 +895,7 @@ def prune_superseded(folder: Path, key: dict) -> list[Path]:
         log.info("deleted %s, stored in format %s and superseded by format %s", index_path, stored.get("format"),
                  key["format"])  # fmt: skip
     return removed
+
+
+def _older_format(stored: object, current: int) -> bool:
+    return isinstance(stored, int) and not isinstance(stored, bool) and stored < current
