@@ -468,7 +468,7 @@ def sweep_report(rows: list[dict], command: str) -> str:
 
 `{command}` · {machine_line()}. The compressed kind, `ivfpq-rerank`
 (`{factory_string("ivfpq-rerank", build_parameters("ivfpq-rerank", 1_000_000, 256))}` at 1M vectors of 256
-dimensions): IVF lists of 8-bit PQ codes shortlist re-rank factor × k candidates, which are
+dimensions): IVF lists of 4-bit PQ codes (fast-scan) shortlist re-rank factor × k candidates, which are
 scored again exactly against the indexed vectors (the app's memory-mapped float16 embeddings; the
 memory column counts them). Lists: 4·√N, at most N/39 (k-means wants ~39
 training points per list). Recall@10 as in the search table, against exact search; time per

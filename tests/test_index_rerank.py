@@ -192,3 +192,19 @@ def test_an_upgrade_deletes_the_stored_indexes_it_supersedes_and_nothing_else(da
         ("sq8", current - 1, "m", True),
     ]
     assert stored().origin == "loaded"
+
+
+@pytest.mark.parametrize("kind, size", [("ivfpq-rerank", 0), ("ivfpq-rerank", 15), ("ivfpq", 255)])
+def test_too_few_vectors_to_train_a_compressed_kind_are_searched_exactly(data, kind, size, tmp_path):
+    """A 4-bit codebook needs 16 training points, an 8-bit one 256: fewer (a gallery without
+    captions, asked for the compressed kind) get exact search, not a faiss error at start."""
+    store = IndexStore(tmp_path / "index")
+    index = load_or_build_index(data[:size], kind, name="caption", model="m", gallery="g", store=store)
+    assert index.kind == "exact" and index.size == size and not list(store.folder.glob("*"))
+    queries = unit_rows(3, 32, seed=4)
+    scores, ids = index.search(queries, 5)
+    if size:
+        np.testing.assert_array_equal(ids, exact_search(data[:size], queries, 5)[1])
+    else:
+        assert ids.shape == (3, 0)
+    assert build_index(data[: size + 16 if kind == "ivfpq-rerank" else size + 1], kind).kind == kind

@@ -226,6 +226,36 @@ def test_a_pinned_copy_reads_no_weights_until_it_is_unpinned(monkeypatch):
     assert (after - before).abs().max() > 0.05 * scale
 
 
+def test_weights_changed_before_pinning_are_seen_by_the_first_pinned_call():
+    module = backbone(runtime="onnx")
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = module(pixels)
+    changes()["written in place"](module)
+    module.onnx_copy.pinned = True
+    with torch.inference_mode():
+        after = module(pixels)
+    scale = float(before.abs().max())
+    assert (after - before).abs().max() > 0.05 * scale
+    torch.testing.assert_close(after, torch_features(module, pixels), atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_a_pinned_model_sees_weights_loaded_by_load_state_dict():
+    model = VSEModel(VSEConfig(embed_dim=16, image_size=64)).eval().pin_weights()
+    trunk = model.image_encoder.backbone
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = trunk(pixels)
+    weights = {name for name, _ in model.named_parameters() if name.startswith("image_encoder.backbone.")}
+    state = {name: t + 0.05 * torch.randn_like(t) if name in weights else t for name, t in model.state_dict().items()}
+    model.load_state_dict(state)
+    with torch.inference_mode():
+        after = trunk(pixels)
+    assert trunk.onnx_copy.exported and trunk.onnx_copy.pinned
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, torch_features(trunk, pixels), atol=1e-4, rtol=1e-4)
+
+
 def test_a_pinned_copy_still_follows_the_thread_count(text_encoder):
     """Pinning skips only the weights' check: another thread count still gets its own session."""
     copy_ = text_encoder.onnx_copy  # threads=0: torch's thread count at the call

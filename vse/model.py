@@ -214,14 +214,22 @@ class VSEModel(
     def pin_weights(self, pinned: bool = True) -> VSEModel:
         """Promise that the weights will not change from now on (a served model), or withdraw it.
 
-        The ONNX Runtime copies of the frozen backbones (``OnnxCopy.pinned``) then stop reading
-        every parameter's stamp on each call: 0.14 ms of a search query's encoding for MiniLM's
-        105 tensors.  Weights changed while pinned are not seen by those copies until
-        ``pin_weights(False)`` or ``train()``.
+        The ONNX Runtime copies of the frozen backbones (``OnnxCopy.pinned``) check the weights
+        on their next call, then stop reading every parameter's stamp on each call: 0.14 ms of a
+        search query's encoding for MiniLM's 105 tensors.  ``load_state_dict`` makes them check
+        once more; other changes made while pinned (in place, ``.to()``) are seen after
+        ``pin_weights`` is called again, or ``train()``.
         """
         for copy in self.onnx_copies():
             copy.pinned = pinned
         return self
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As ``nn.Module.load_state_dict``; a pinned model's ONNX Runtime copies check the new weights."""
+        loaded = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        for copy in self.onnx_copies():
+            copy.pinned = copy.pinned  # setting it again: the next call checks the weights
+        return loaded
 
     def onnx_copies(self) -> list[OnnxCopy]:
         """The ONNX Runtime copies of this model's modules (plain attributes, not submodules)."""

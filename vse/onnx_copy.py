@@ -20,9 +20,10 @@ for inference:
   are is looked up again only after a parameter, buffer or submodule was assigned
   somewhere (PyTorch's global registration hooks count them), so a query pays for
   reading a hundred counters, not for walking the module tree (``WeightsWatch``);
-* checked not at all once its owner promises that the weights stay as they are
-  (``OnnxCopy.pinned``, set by ``VSEModel.pin_weights`` for a served model): a
-  search query then pays for no weight check (0.14 ms of MiniLM's 105 tensors).
+* checked once more, then not at all, once its owner promises that the weights stay
+  as they are (``OnnxCopy.pinned``, set by ``VSEModel.pin_weights`` for a served
+  model): a search query then pays for no weight check (0.14 ms of MiniLM's 105
+  tensors).
 
 ``VSE_RUNTIME`` chooses: ``auto`` (the default: ONNX Runtime where installed,
 PyTorch otherwise or if export fails), ``onnx`` (required: an error if it cannot be
@@ -157,10 +158,6 @@ class WeightsWatch:
             tensors, stamp = self._read()
         self._held = tensors
         return stamp
-
-    def watches(self, module: nn.Module) -> bool:
-        """Whether the last stamp was of ``module``."""
-        return module is self._module
 
     def _read(self) -> tuple[list[torch.Tensor], tuple]:
         tensors = [slots[key] for _, slots, key in self._slots]
@@ -466,10 +463,21 @@ class OnnxCopy:
         self._watch = WeightsWatch()
         self._lock = threading.Lock()
         self.failed = False  # export or session creation failed once: stay on PyTorch
-        # The owner promised the weights will not change: once a session is made, calls with the same
-        # module, input names and threads use it without reading the weights' stamp.  Changes made
-        # while pinned are seen only once it is unpinned again; copies and pickles start unpinned.
-        self.pinned = False
+        self._pinned = False
+        self._pinned_call: tuple | None = None  # (module, input names, threads) of the last checked call
+
+    @property
+    def pinned(self) -> bool:
+        """The owner promised the weights will not change from now on.  The first call after
+        pinning checks them as any call does; later calls with the same module, input names and
+        threads use its session without reading the weights' stamp.  Changes made while pinned are
+        seen only after setting ``pinned`` again (either way); copies and pickles start unpinned."""
+        return self._pinned
+
+    @pinned.setter
+    def pinned(self, value: bool) -> None:
+        with self._lock:
+            self._pinned, self._pinned_call = bool(value), None
 
     def __deepcopy__(self, memo: dict) -> OnnxCopy:
         return OnnxCopy(self.dynamic_axes, self.spin, self.int8, self.threads)
@@ -498,15 +506,18 @@ class OnnxCopy:
 
     def _current_session(self, module: nn.Module, inputs: dict[str, torch.Tensor]):
         with self._lock:
-            shape = (tuple(inputs), self.threads or torch.get_num_threads())
-            if self.pinned and self._session is not None and self._watch.watches(module) and self._key[1:] == shape:
+            call = (module, tuple(inputs), self.threads or torch.get_num_threads())
+            pinned = self._pinned_call
+            if pinned is not None and call[0] is pinned[0] and call[1:] == pinned[1:]:
                 return self._session
-            key = (self._watch.stamp(module), *shape)
+            key = (self._watch.stamp(module), *call[1:])
             if self._session is None or key != self._key:
                 example = {name: tensor[:1].detach().clone() for name, tensor in inputs.items()}
                 example = {name: t.to(torch.float32) if t.is_floating_point() else t for name, t in example.items()}
                 self._session = self._build_session(module, example, key[2])
                 self._key = key
+            if self._pinned:  # checked and current: the next calls like this one need no check
+                self._pinned_call = call
             return self._session
 
     def _build_session(self, module: nn.Module, example: dict[str, torch.Tensor], threads: int):

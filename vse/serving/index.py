@@ -307,10 +307,22 @@ def choose_kind(size: int, dim: int = 0, memory_budget: float = float("inf")) ->
 
 
 def resolve_kind(kind: str, size: int, dim: int = 0, memory_budget: float = float("inf")) -> str:
-    """``kind`` with "auto" replaced by the kind chosen for ``size`` vectors of ``dim`` within ``memory_budget``."""
+    """``kind`` with "auto" replaced by the kind chosen for ``size`` vectors of ``dim`` within
+    ``memory_budget``; "exact" where there are too few vectors to train the kind (``trainable``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return choose_kind(size, dim, memory_budget) if kind == "auto" else kind
+    chosen = choose_kind(size, dim, memory_budget) if kind == "auto" else kind
+    if not trainable(chosen, size, dim):
+        log.info("%d vectors are too few to train a %s index: exact search serves them", size, chosen)
+        return "exact"
+    return chosen
+
+
+def trainable(kind: str, size: int, dim: int) -> bool:
+    """Whether ``size`` vectors can train a ``kind`` index: IVF-PQ's k-means needs a point per list
+    and one per centroid of each codebook (2 ** bits)."""
+    params = build_parameters(kind, size, dim)
+    return "bits" not in params or size >= max(2 ** params["bits"], params["lists"])
 
 
 def ivf_lists(size: int) -> int:
@@ -697,7 +709,9 @@ class StoredIndexError(RuntimeError):
 
 def _read_faiss(path: Path):
     """Memory-mapped where the file system allows (``IO_FLAG_MMAP_IFC`` maps flat, scalar-quantised,
-    HNSW and IVF indexes alike; plain ``IO_FLAG_MMAP`` maps only IVF lists), else read into memory."""
+    HNSW and plain IVF indexes alike; plain ``IO_FLAG_MMAP`` maps only IVF lists), else read into
+    memory.  faiss 1.15 reads the compressed kind's fast-scan lists into memory whatever the flag
+    (64 bytes a vector: 76 MB of private memory at 1M vectors)."""
     import faiss
 
     try:

@@ -140,6 +140,8 @@ class RetrievalService:
     saved there; ``image_index.origin`` / ``caption_index.origin`` say which.
     ``index_kind`` is a faiss kind (``vse.serving.index.KINDS``) or a vector engine
     URL (``vse.serving.engine_index``), whose collections follow the same rule.
+    The service puts ``model`` in eval mode and pins its weights (``VSEModel.pin_weights``):
+    change them through ``load_state_dict`` or call ``pin_weights`` again after changing them.
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class RetrievalService:
         if query_precision not in QUERY_PRECISIONS:
             raise ValueError(f"query_precision must be one of {QUERY_PRECISIONS}, got {query_precision!r}")
         self.model, self.revision, self.gallery, self.embeddings = model.eval(), revision, gallery, embeddings
+        self.model.pin_weights()  # served: its weights are not read on every query
         self.query_precision = query_precision  # how search_text encodes a query (VSEModel.encode_query)
         # One engine client for both indexes: local mode locks its folder to one client.
         self.engine = connect(parse_index_url(index_kind)) if is_engine_url(index_kind) else None
@@ -190,7 +193,7 @@ class RetrievalService:
         report = progress or (lambda what, done, total: None)
         report("loading the model", 0, 0)
         folder = resolve_model_dir(model_source)
-        model = VSEModel.from_pretrained(folder).eval().pin_weights()  # served: its weights never change
+        model = VSEModel.from_pretrained(folder)
         revision = model_digest(folder)
         report("loading the gallery", 0, 0)
         gallery, skipped = load_gallery(gallery_source, state_dir=Path(data_dir) / GALLERY_STATE)
