@@ -23,13 +23,16 @@ CONCEPTS = ["cat", "dog", "car", "tree", "boat", "house", "star", "moon", "apple
 
 class StubModel:
     """What the review queue asks of a model: ``encode_text`` (a fixed unit vector per text) and ``suspicion``
-    (and ``encode_query``, for a search meanwhile)."""
+    (and ``encode_query``, for a search meanwhile; ``eval`` and ``pin_weights``, as the service serves it)."""
 
     def __init__(self, suspicion: SuspicionTable | None = None):
         self.suspicion = suspicion
         self.encoded: list[list[str]] = []
 
     def eval(self) -> StubModel:
+        return self
+
+    def pin_weights(self, pinned: bool = True) -> StubModel:  # a served model is pinned: nothing to pin here
         return self
 
     def encode_text(self, texts, batch_size: int = 256) -> torch.Tensor:
