@@ -65,8 +65,8 @@ IVF_PROBES = 16  # nprobe of the plain "ivfpq" kind: inverted lists visited per 
 # 4-bit PQ over pairs of dimensions, scanned by faiss's SIMD "fast-scan" kernels, whose lookup
 # tables fit in registers.  Twice the bytes of the earlier one-byte codes over 8 dimensions
 # (64 against 32 a vector at 256 dimensions), but a finer shortlist for less work: on the 1M
-# stand-in set held-out recall@10 0.976 at 0.46 ms against 0.975 at 0.80 ms (4-bit codes over
-# 4 dimensions were too coarse: 0.92 at best).  Lists: about 4 * sqrt(N), and never more than
+# stand-in set held-out recall@10 0.983 at 0.54 ms against 0.975 at 0.80 ms, calibrated alike
+# (docs/PERFORMANCE.md; 4-bit codes over 4 dimensions were too coarse: 0.92 at best).  Lists: about 4 * sqrt(N), and never more than
 # N / IVF_TRAINING_PER_LIST, as k-means needs ~39 training points per list.  nprobe and the
 # re-rank factor come from the recall sweep in docs/PERFORMANCE.md (benchmarks/search.py
 # --sweep): caption queries sit apart from the images (the modality gap), so their neighbours
