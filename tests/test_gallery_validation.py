@@ -195,3 +195,16 @@ def test_rows_a_datasets_source_skips_are_counted_when_served_from_shards(tmp_pa
         served, skipped = load_gallery(tmp_path / "saved", state_dir=tmp_path / "state")
         assert skipped == expected and list(served.items) == list(in_memory.items)
         assert [item.captions for item in served.items] == [["a"], ["d"]]
+
+
+def test_a_compressed_index_asked_for_a_small_gallery_without_captions_starts(model_dir, tmp_path):
+    """`--index ivfpq-rerank` on a few images without captions: too few vectors to train IVF-PQ
+    (and none for the caption index), so exact search serves both, as the service loads for app.py."""
+    rows = [{**row, "captions": []} for row in shard_rows([png("red"), png("blue", "square"), png("green")])]
+    write_gallery(rows, tmp_path / "gallery")
+    service = RetrievalService.load(
+        str(model_dir), str(tmp_path / "gallery"), tmp_path / "data", index_kind="ivfpq-rerank"
+    )
+    assert (service.image_index.kind, service.caption_index.kind) == ("exact", "exact")
+    assert len(service.search_text("a red circle", 2)) == 2
+    assert service.nearest_captions(service.image_embedding(0), 3) == []
