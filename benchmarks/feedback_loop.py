@@ -188,24 +188,63 @@ class ServedApp:
         self.demo.close()
 
 
+def oracle_order(truth: Truth) -> list[int]:
+    """Web rows as a reviewer who knows every wrong tag would take them: most wrong tags first.
+
+    Ties go to the shorter tag list (the larger share of wrong tags), then to the
+    row order.  The ceiling of any review order that ranks images by their wrong tags.
+    """
+
+    def key(row: int) -> tuple[int, int, int]:
+        image_id = truth.ids[row]
+        shown = {normalize_tag(tag) for tag in truth.noisy[image_id]} - {""}
+        return -len(truth.wrong[image_id]), len(shown), row
+
+    return sorted(range(len(truth.ids)), key=key)
+
+
+def mean_order(served: ServedApp, truth: Truth) -> list[int]:
+    """Web rows by the mean P(wrong) of their tags under the served model (the queue ranks by sum / √count)."""
+    service = served.app.service
+    row_of = {image_id: row for row, image_id in enumerate(truth.ids)}
+    means = {row_of[item.id]: float(values.mean()) for item, values in
+             zip(service.gallery.items, service.tag_suspicion(), strict=True) if len(values)}  # fmt: skip
+    return sorted(means, key=lambda row: (-means[row], row))
+
+
+# Review orders compared on model 0's P(wrong): expected wrong tags over (tag count) ** exponent.
+ORDER_EXPONENTS = {"sum": 0.0, "sum / √count (the app's)": 0.5, "mean": 1.0}
+
+
+def first_share(order: list[str], per_image: dict[str, tuple[int, int]], total_wrong: int) -> tuple[float, float]:
+    """(share of wrong tags among the tags of ``order``'s first 10%, share of all wrong tags they hold)."""
+    first = order[: max(1, len(order) // 10)]
+    wrong = sum(per_image[i][0] for i in first)
+    return wrong / max(1, sum(per_image[i][1] for i in first)), wrong / max(1, total_wrong)
+
+
 def queue_quality(served: ServedApp, truth: Truth) -> dict:
-    """AUC of the per-tag P(wrong) and the share of wrong tags in the queue's first 10%."""
+    """AUC of the per-tag P(wrong) and the share of wrong tags in the queue's first 10% (and other orders')."""
     service, app = served.app.service, served.app
-    probabilities, flags, per_image = [], [], {}
+    probabilities, flags, per_image, expected = [], [], {}, {}
     for item, values in zip(service.gallery.items, service.tag_suspicion(), strict=True):
         wrong = [normalize_tag(t) in truth.wrong[item.id] for t in item.tags]
         probabilities += values.tolist()
         flags += wrong
         per_image[item.id] = (sum(wrong), len(wrong))
-    first = [service.gallery.items[i].id for i in app.queue[: max(1, len(app.queue) // 10)]]
-    overall = float(np.mean(flags))
-    share = sum(per_image[i][0] for i in first) / max(1, sum(per_image[i][1] for i in first))
-    coverage = sum(per_image[i][0] for i in first) / max(1, sum(flags))
-    oracle = sorted(per_image, key=lambda i: -per_image[i][0])[: len(first)]  # knows every wrong tag
+        expected[item.id] = (float(values.sum()), len(values))
+    overall, total = float(np.mean(flags)), int(np.sum(flags))
+    share, coverage = first_share([service.gallery.items[i].id for i in app.queue], per_image, total)
+    oracle_share, oracle_coverage = first_share([truth.ids[row] for row in oracle_order(truth)], per_image, total)
+    orders = {}
+    tagged = [i for i in expected if expected[i][1]]
+    for name, exponent in ORDER_EXPONENTS.items():
+        ranked = sorted(tagged, key=lambda i: -expected[i][0] / expected[i][1] ** exponent)
+        orders[name] = first_share(ranked, per_image, total)
     return {"auc": injected_auc(np.array(probabilities), np.array(flags)), "overall_wrong": overall,
             "queue10_wrong": share, "queue10_ratio": share / overall if overall else float("nan"),
-            "oracle10_coverage": sum(per_image[i][0] for i in oracle) / max(1, sum(flags)),
-            "queue10_coverage": coverage}  # fmt: skip
+            "oracle10_coverage": oracle_coverage, "oracle10_wrong": oracle_share,
+            "queue10_coverage": coverage, "orders10": orders}  # fmt: skip
 
 
 def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int, flip: float, seed: int,
@@ -213,6 +252,10 @@ def review(served: ServedApp, truth: Truth, arm: str, count: int, reviewers: int
     """Have ``reviewers`` simulated people review ``count`` images through the API; returns seconds."""
     rng = np.random.default_rng([seed, reviewers, int(100 * flip), count])
     chosen = rng.choice(len(truth.ids), size=count, replace=False) if arm == "random" else None
+    if arm == "oracle":
+        chosen = oracle_order(truth)[:count]
+    elif arm == "mean":
+        chosen = mean_order(served, truth)[:count]
     start = time.perf_counter()
     for person in range(reviewers):
         name = f"sim-{arm}-{person}"
@@ -254,7 +297,7 @@ def run_arm(setting: Setting, seed: int, model0: Path, gallery: Path, name: str,
 
 
 def run_seed(setting: Setting, seed: int, fractions: list[float], variants: bool, reuse: bool,
-             decompose: bool = False) -> dict:  # fmt: skip
+             decompose: bool = False, oracle: bool = False) -> dict:  # fmt: skip
     """Model 0, its queue's quality, and every arm of one seed."""
     base = setting.work / setting.corpus / f"seed{seed}"
     tick = time.perf_counter()
@@ -274,6 +317,9 @@ def run_seed(setting: Setting, seed: int, fractions: list[float], variants: bool
         for kind in kinds:
             key = f"{kind}{int(round(100 * fraction))}" if fraction < 1 else "full"
             arms[key] = run_arm(setting, seed, model0, gallery, key, kind, fraction, 1, 0.0, reuse)
+    if oracle and 0.1 in fractions:
+        arms["oracle10"] = run_arm(setting, seed, model0, gallery, "oracle10", "oracle", 0.1, 1, 0.0, reuse)
+        arms["mean10"] = run_arm(setting, seed, model0, gallery, "mean10", "mean", 0.1, 1, 0.0, reuse)
     if variants and 0.1 in fractions:
         arms["imperfect10"] = run_arm(setting, seed, model0, gallery, "imperfect10", "queue", 0.1, 1, IMPERFECT, reuse)
         arms["majority10"] = run_arm(setting, seed, model0, gallery, "majority10", "queue", 0.1, 3, IMPERFECT, reuse)
@@ -302,21 +348,17 @@ def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise:
                            [["0% (no review)", mean_std(none), mean_std(none)], *rows,
                             ["100% (everything)", mean_std(full), mean_std(full)]])  # fmt: skip
     lines = []
+    with_oracle = all("oracle10" in seed["arms"] for seed in seeds)
     if "queue10" in seeds[0]["arms"]:
-        for index, seed in enumerate(seeds):
-            arms = seed["arms"]
-            gap = arms["full"]["test"] - arms["none"]["test"]
-            queue_gain, random_gain = (
-                arms["queue10"]["test"] - arms["none"]["test"],
-                arms["random10"]["test"] - arms["none"]["test"],
-            )
-            lines.append(recovery_row(f"seed {index}", gap, queue_gain, random_gain))
         gaps = [seed["arms"]["full"]["test"] - seed["arms"]["none"]["test"] for seed in seeds]
-        gains = {arm: [seed["arms"][arm]["test"] - seed["arms"]["none"]["test"] for seed in seeds]
-                 for arm in ("queue10", "random10")}  # fmt: skip
-        lines.append(recovery_row("mean", np.mean(gaps), np.mean(gains["queue10"]), np.mean(gains["random10"])))
+        arms = ("queue10", "random10", *(("oracle10",) if with_oracle else ()))
+        gains = {arm: [seed["arms"][arm]["test"] - seed["arms"]["none"]["test"] for seed in seeds] for arm in arms}
+        for index, gap in enumerate(gaps):
+            lines.append(recovery_row(f"seed {index}", gap, *(gains[arm][index] for arm in arms)))
+        lines.append(recovery_row("mean", np.mean(gaps), *(np.mean(gains[arm]) for arm in arms)))
     recovery = markdown_table(["", "gap (full − none)", "queue 10% gain", "share of the gap", "random 10% gain",
-                               "queue / random"], lines)  # fmt: skip
+                               "queue / random", *(["oracle 10% gain", "share of the gap"] if with_oracle else [])],
+                              lines)  # fmt: skip
     quality = [seed["quality"] for seed in seeds]
     variants = ""
     if "majority10" in seeds[0]["arms"]:
@@ -348,6 +390,7 @@ Web images: {seeds[0]["arms"]["full"]["images"]}; tags replaced by noise: {100 *
 replaced tags; the first 10% of the queue holds {100 * mean_of(quality, "queue10_wrong"):.1f}% wrong tags against
 {100 * mean_of(quality, "overall_wrong"):.1f}% overall ({mean_std([q["queue10_ratio"] for q in quality], 2)}×) and
 {coverage} of all the wrong tags (a random 10% of the images: about 10%).{ceiling}
+{orders_table(quality)}
 
 {table}
 
@@ -355,12 +398,52 @@ At 10% of the images reviewed, per seed:
 
 {recovery}
 
+{order_arms_table(seeds)}
 {variants}
 
 {halves}
 
 ![test rsum against images reviewed, {corpus}]({plot})
 """
+
+
+def orders_table(quality: list[dict]) -> str:
+    """The first 10% of each review order on model 0's P(wrong), against the oracle's ("" for older runs)."""
+    if not all("orders10" in q for q in quality):
+        return ""
+    overall = mean_of(quality, "overall_wrong")
+    rows = []
+    for name in ORDER_EXPONENTS:
+        shares = [q["orders10"][name][0] for q in quality]
+        rows.append([name, f"{100 * np.mean(shares):.1f}% ({np.mean(shares) / overall:.2f}×)",
+                     f"{100 * np.mean([q['orders10'][name][1] for q in quality]):.1f}%"])  # fmt: skip
+    oracle = mean_of(quality, "oracle10_wrong")
+    rows.append(["oracle: most wrong tags first", f"{100 * oracle:.1f}% ({oracle / overall:.2f}×)",
+                 f"{100 * mean_of(quality, 'oracle10_coverage'):.1f}%"])  # fmt: skip
+    table = markdown_table(["order of the images (model 0's P(wrong))", "wrong tags among the first 10%'s tags",
+                            "share of all wrong tags they hold"], rows)  # fmt: skip
+    return "\nThe first 10% of the images in other orders (the same model 0):\n\n" + table + "\n"
+
+
+ORDER_ARMS = {"random10": "random", "queue10": "the app's queue (sum / √count)", "mean10": "mean P(wrong)",
+              "oracle10": "oracle: most wrong tags first"}  # fmt: skip
+
+
+def order_arms_table(seeds: list[dict]) -> str:
+    """Test rsum after reviewing 10% of the images in each order, gains paired by seed ("" without ``--oracle``)."""
+    if not all("oracle10" in seed["arms"] and "mean10" in seed["arms"] for seed in seeds):
+        return ""
+    none = np.array(rsum_of(seeds, "none"))
+    gap = np.array(rsum_of(seeds, "full")) - none
+    rows = []
+    for key, label in ORDER_ARMS.items():
+        gains = np.array(rsum_of(seeds, key)) - none
+        share = f"{100 * gains.mean() / gap.mean():.0f}%" if gap.mean() > 0 else "–"
+        rows.append([label, mean_std(rsum_of(seeds, key)), mean_std(gains.tolist()), share,
+                     seeds[0]["arms"][key]["votes"]])  # fmt: skip
+    table = markdown_table(["10% of the images reviewed, in the order of", "test rsum", "gain over none",
+                            "share of the mean gap", "votes (seed 0)"], rows)  # fmt: skip
+    return "Review orders at 10% (`--oracle`; gains paired by seed):\n\n" + table + "\n"
 
 
 def decomposition_table(seeds: list[dict]) -> str:
@@ -379,11 +462,17 @@ def decomposition_table(seeds: list[dict]) -> str:
     return "What a full review is made of (`--decompose`):\n\n" + table
 
 
-def recovery_row(label: str, gap: float, queue_gain: float, random_gain: float) -> list[str]:
-    """gap, queue gain, its share of the gap, random gain, queue / random ("–" where random gained nothing)."""
-    share = f"{100 * queue_gain / gap:.0f}%" if gap > 0 else "–"
+def recovery_row(label: str, gap: float, queue_gain: float, random_gain: float,
+                 oracle_gain: float | None = None) -> list[str]:  # fmt: skip
+    """gap, queue gain, its share of the gap, random gain, queue / random ("–" where random gained nothing);
+    the oracle's gain and share when given."""
+
+    def share(gain: float) -> str:
+        return f"{100 * gain / gap:.0f}%" if gap > 0 else "–"
+
     ratio = f"{queue_gain / random_gain:.2f}×" if random_gain > 0 else "– (random ≤ 0)"
-    return [label, f"{gap:+.1f}", f"{queue_gain:+.1f}", share, f"{random_gain:+.1f}", ratio]
+    row = [label, f"{gap:+.1f}", f"{queue_gain:+.1f}", share(queue_gain), f"{random_gain:+.1f}", ratio]
+    return row + ([] if oracle_gain is None else [f"{oracle_gain:+.1f}", share(oracle_gain)])
 
 
 def mean_of(items: list[dict], key: str) -> float:
@@ -416,12 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-variants", action="store_true", help="skip the imperfect and majority reviewers")
     parser.add_argument("--decompose", action="store_true", help="also train on a full review's verdicts alone "
                         "and on its additions alone")  # fmt: skip
+    parser.add_argument("--oracle", action="store_true", help="also review, at 10%%, the images an oracle that "
+                        "knows every wrong tag would choose (the ceiling of any review order)")  # fmt: skip
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--cache-root", default="cache")
     parser.add_argument("--work", default="runs/feedback_loop")
     parser.add_argument("--docs", default="docs")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs")
     parser.add_argument("--no-report", action="store_true", help="print the report instead of writing docs/")
+    parser.add_argument("--report", default="FEEDBACK", help="the report's name: <docs>/<REPORT>.md, "
+                        "<report>_<corpus>.png and <report>_runs.json")  # fmt: skip
     parser.add_argument("train_args", nargs="*", help="extra --key=value training overrides (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -433,10 +526,10 @@ def main(argv: list[str] | None = None) -> int:
             corpus, Path(args.data_root), Path(args.cache_root), Path(args.work), web, truth, args.train_args
         )
         seeds = [
-            run_seed(setting, seed, fractions, not args.no_variants, args.reuse, args.decompose)
+            run_seed(setting, seed, fractions, not args.no_variants, args.reuse, args.decompose, args.oracle)
             for seed in range(args.seeds)
         ]
-        plot = f"feedback_{corpus}.png"
+        plot = f"{args.report.lower()}_{corpus}.png"
         docs = Path(args.docs) if not args.no_report else Path(args.work)
         docs.mkdir(parents=True, exist_ok=True)
         plot_curve(seeds, fractions, docs / plot, f"{corpus}, {int(100 * args.noise)}% of tags replaced")
@@ -464,8 +557,8 @@ and of the random picks varies).
     if args.no_report:
         print(report)
     else:
-        (Path(args.docs) / "FEEDBACK.md").write_text(report, encoding="utf-8")
-        (Path(args.docs) / "feedback_runs.json").write_text(json.dumps(raw, indent=1, default=float))
+        (Path(args.docs) / f"{args.report}.md").write_text(report, encoding="utf-8")
+        (Path(args.docs) / f"{args.report.lower()}_runs.json").write_text(json.dumps(raw, indent=1, default=float))
     return 0
 
 

@@ -60,15 +60,28 @@ def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
     make_shapes_dataset(tmp_path / "data" / "shapes")
     before = docs_digest()
     argv = ["--corpus", "shapes", "--seeds", "1", "--fractions", "0.1", "--data-root", str(tmp_path / "data"),
-            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--no-report", "--decompose", "--",
+            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--no-report", "--decompose", "--oracle", "--",
             "--stage1.optim.epochs=2", "--stage1.optim.steps_per_epoch=5", "--web.suspicion_steps=5"]  # fmt: skip
     assert feedback_loop.main(argv) == 0
     printed = capsys.readouterr().out
     assert "## shapes" in printed and "queue / random" in printed and "majority of three" in printed
     assert "every tag judged, nothing added" in printed and "the missing tags added, no verdicts" in printed
+    assert "| oracle: most wrong tags first |" in printed and "| mean P(wrong) |" in printed  # --oracle's arms
+    assert "| sum / √count (the app's) |" in printed  # the orders compared on model 0
     assert docs_digest() == before
     result = (tmp_path / "work" / "shapes" / "seed0" / "majority10" / "result.json").read_text()
     assert '"reviewers": 3' in result
+
+
+def test_the_oracle_review_order_takes_the_most_wrong_tags_first_then_the_shortest_list():
+    from benchmarks.feedback_loop import Truth, oracle_order
+
+    noisy = {"a": ["x", "y", "z"], "b": ["x"], "c": ["x", "y"], "d": ["x", "y", "z", "w"], "e": ["x", "Y", "z"]}
+    wrong = {"a": {"y"}, "b": {"x"}, "c": set(), "d": {"x", "y"}, "e": {"x", "y"}}
+    truth = Truth(list(noisy), noisy, wrong, {key: [] for key in noisy})
+    # naive reference: every order of the rows, the first sorted by (-wrong, tags, row)
+    rows = [(-len(wrong[key]), len(set(map(str.lower, noisy[key]))), row) for row, key in enumerate(noisy)]
+    assert oracle_order(truth) == [row for *_, row in sorted(rows)] == [4, 3, 1, 0, 2]
 
 
 @pytest.mark.slow
