@@ -43,7 +43,7 @@ corpora: setup  # the two development corpora (needs openclipart-svg/png, fonts-
 ablation: corpora  # retrain the ablation on both corpora and rewrite docs/RESULTS.md (about 2 hours on 2 cores)
 	$(BIN)/python -m training.ablation
 
-bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md and docs/FEEDBACK.md
+bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md, docs/FEEDBACK.md and docs/FEEDBACK_ORDERS.md
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.search --stand-in 1000000
 	$(BIN)/python -m benchmarks.encoding
 	$(BIN)/python -m benchmarks.training
@@ -55,6 +55,7 @@ bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md and docs/FEEDBA
 	$(BIN)/python -m benchmarks.startup --images 1000000  # builds a 2.9 GB gallery under cache/startup once
 	$(BIN)/python -m benchmarks.conversion --images 20000 100000 1000000  # builds datasets sources under cache/conversion once
 	$(BIN)/python -m benchmarks.feedback_loop  # rewrites docs/FEEDBACK.md (needs `make corpora`)
+	$(BIN)/python -m benchmarks.feedback_loop --seeds 6 --fractions 0.1 --oracle --no-variants --report FEEDBACK_ORDERS
 	$(BIN)/python -m benchmarks.query_precision  # the models of `make ablation`
 
 clean:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import GradioHTTPClient, figure, free_port, machine_line, markdown_table
+from benchmarks.common import GradioHTTPClient, figure, free_port, machine_line, markdown_table, mean_interval
 from training.ablation import DEFAULT_CONFIG, data_overrides, mean_std
 from training.config import TrainConfig
 from training.configuration import load_config
@@ -436,13 +436,16 @@ def order_arms_table(seeds: list[dict]) -> str:
     none = np.array(rsum_of(seeds, "none"))
     gap = np.array(rsum_of(seeds, "full")) - none
     rows = []
-    for key, label in ORDER_ARMS.items():
+    for key, label in [*ORDER_ARMS.items(), ("full", "everything reviewed")]:
         gains = np.array(rsum_of(seeds, key)) - none
         share = f"{100 * gains.mean() / gap.mean():.0f}%" if gap.mean() > 0 else "–"
-        rows.append([label, mean_std(rsum_of(seeds, key)), mean_std(gains.tolist()), share,
-                     seeds[0]["arms"][key]["votes"]])  # fmt: skip
+        mean, half = mean_interval(gains) if len(gains) > 1 else (gains.mean(), float("nan"))
+        beats = "" if key == "full" else f"{int(np.sum(gains >= 0.5 * gap))} of {len(gains)}"
+        rows.append([label, mean_std(rsum_of(seeds, key)), mean_std(gains.tolist()),
+                     f"{mean - half:+.1f} to {mean + half:+.1f}", share, beats])  # fmt: skip
     table = markdown_table(["10% of the images reviewed, in the order of", "test rsum", "gain over none",
-                            "share of the mean gap", "votes (seed 0)"], rows)  # fmt: skip
+                            "95% interval of the mean gain", "share of the mean gap",
+                            "seeds with ≥ half their gap"], rows)  # fmt: skip
     return "Review orders at 10% (`--oracle`; gains paired by seed):\n\n" + table + "\n"
 
 
@@ -494,6 +497,18 @@ def plot_curve(seeds: list[dict], fractions: list[float], path: Path, title: str
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+
+
+ORACLE_NOTE = """
+With `--oracle`, two more orders review 10% of the images: "oracle" takes the images with the most wrong tags
+(it knows them; the shorter list first among equals), the ceiling of any order that looks for wrong tags; "mean
+P(wrong)" takes those whose tags model 0 suspects most on average (the app's queue divides their sum by the square
+root of their number instead).
+"""
+SEE_ORDERS = """
+The queue against an oracle that knows every wrong tag, at 10%: [FEEDBACK_ORDERS.md](FEEDBACK_ORDERS.md)
+(`python -m benchmarks.feedback_loop --seeds 6 --fractions 0.1 --oracle --no-variants --report FEEDBACK_ORDERS`).
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,7 +566,7 @@ they add back. Reviews go through the running app's public API (`/review_next` g
 rsum is measured on the clean test split. "queue" reviews the images in the app's order, "random" the same
 number chosen at random. Mean ± sample standard deviation over seeds (the same noisy data, the seed of training
 and of the random picks varies).
-
+{ORACLE_NOTE if args.oracle else SEE_ORDERS}
 {chr(10).join(sections)}
 """
     if args.no_report:

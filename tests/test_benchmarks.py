@@ -133,3 +133,16 @@ def test_query_precision_benchmark_compares_both_precisions_on_a_tiny_run(tmp_pa
     assert "t2i sum fp32" in printed and "int8" in printed and "cosine" in printed
     assert docs_digest() == before
     assert query_precision.main(["--models", str(tmp_path / "nothing-*"), "--no-report"]) == 2
+
+
+def test_t_quantiles_and_the_mean_interval_match_statistical_tables():
+    from benchmarks.common import mean_interval, t975
+
+    # 97.5% quantiles of Student's t (standard tables): exact below 11 degrees of freedom, approximated above
+    for dof, quantile in ((1, 12.706), (4, 2.776), (10, 2.228), (12, 2.179), (20, 2.086), (60, 2.000), (120, 1.980)):
+        assert t975(dof) == pytest.approx(quantile, rel=1e-3)
+    with pytest.raises(ValueError):
+        t975(0)
+    values = [1.0, 2.0, 6.0]  # mean 3, sample std sqrt(7)
+    mean, half = mean_interval(values)
+    assert mean == pytest.approx(3.0) and half == pytest.approx(4.303 * 7**0.5 / 3**0.5)
