@@ -507,14 +507,15 @@ root of their number instead).
 """
 SEE_ORDERS = """
 The queue against an oracle that knows every wrong tag, at 10%: [FEEDBACK_ORDERS.md](FEEDBACK_ORDERS.md)
-(`python -m benchmarks.feedback_loop --seeds 6 --fractions 0.1 --oracle --no-variants --report FEEDBACK_ORDERS`).
+(`python -m benchmarks.feedback_loop --seeds 6 3 --fractions 0.1 --oracle --no-variants --report FEEDBACK_ORDERS`).
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.feedback_loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", action="append", help="a corpus under --data-root (repeat); default both")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[3],
+                        help="training seeds: one number for every corpus, or one per --corpus in order")  # fmt: skip
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--fractions", type=float, nargs="*", default=list(FRACTIONS))
     parser.add_argument("--no-variants", action="store_true", help="skip the imperfect and majority reviewers")
@@ -535,14 +536,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fractions = sorted(set(args.fractions) | {0.0, 1.0})
     sections, raw = [], {}
-    for corpus in args.corpus or ["emoji", "openclipart"]:
+    corpora = args.corpus or ["emoji", "openclipart"]
+    if len(args.seeds) not in (1, len(corpora)):
+        parser.error(f"--seeds takes one number or one per corpus ({len(corpora)}), got {len(args.seeds)}")
+    seeds_of = dict(zip(corpora, args.seeds * len(corpora) if len(args.seeds) == 1 else args.seeds, strict=True))
+    for corpus in corpora:
         web, truth = noisy_web(corpus, Path(args.data_root), Path(args.work), args.noise, seed=1000)
         setting = Setting(
             corpus, Path(args.data_root), Path(args.cache_root), Path(args.work), web, truth, args.train_args
         )
         seeds = [
             run_seed(setting, seed, fractions, not args.no_variants, args.reuse, args.decompose, args.oracle)
-            for seed in range(args.seeds)
+            for seed in range(seeds_of[corpus])
         ]
         plot = f"{args.report.lower()}_{corpus}.png"
         docs = Path(args.docs) if not args.no_report else Path(args.work)
