@@ -186,6 +186,9 @@ class ServedApp:
 
     def close(self) -> None:
         self.demo.close()
+        # A closed Blocks stays reachable from Gradio's server objects, and with it the state of every session
+        # it served (about 0.3 MB each; every sessionless API call makes one): drop them with the app.
+        self.demo.state_holder.session_data.clear()
 
 
 def oracle_order(truth: Truth) -> list[int]:
@@ -439,10 +442,12 @@ def order_arms_table(seeds: list[dict]) -> str:
     for key, label in [*ORDER_ARMS.items(), ("full", "everything reviewed")]:
         gains = np.array(rsum_of(seeds, key)) - none
         share = f"{100 * gains.mean() / gap.mean():.0f}%" if gap.mean() > 0 else "–"
-        mean, half = mean_interval(gains) if len(gains) > 1 else (gains.mean(), float("nan"))
+        interval = "–"  # one seed has no interval
+        if len(gains) > 1:
+            mean, half = mean_interval(gains)
+            interval = f"{mean - half:+.1f} to {mean + half:+.1f}"
         beats = "" if key == "full" else f"{int(np.sum(gains >= 0.5 * gap))} of {len(gains)}"
-        rows.append([label, mean_std(rsum_of(seeds, key)), mean_std(gains.tolist()),
-                     f"{mean - half:+.1f} to {mean + half:+.1f}", share, beats])  # fmt: skip
+        rows.append([label, mean_std(rsum_of(seeds, key)), mean_std(gains.tolist()), interval, share, beats])
     table = markdown_table(["10% of the images reviewed, in the order of", "test rsum", "gain over none",
                             "95% interval of the mean gain", "share of the mean gap",
                             "seeds with ≥ half their gap"], rows)  # fmt: skip
