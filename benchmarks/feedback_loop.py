@@ -451,7 +451,17 @@ def order_arms_table(seeds: list[dict]) -> str:
     table = markdown_table(["10% of the images reviewed, in the order of", "test rsum", "gain over none",
                             "95% interval of the mean gain", "share of the mean gap",
                             "seeds with ≥ half their gap"], rows)  # fmt: skip
-    return "Review orders at 10% (`--oracle`; gains paired by seed):\n\n" + table + "\n"
+    queue = np.array(rsum_of(seeds, "queue10"))
+    paired = []
+    for key, label in (("random10", "queue − random"), ("mean10", "mean P(wrong) − queue"),
+                       ("oracle10", "oracle − queue")):  # fmt: skip
+        sign = 1 if key == "random10" else -1
+        differences = sign * (queue - np.array(rsum_of(seeds, key)))
+        if len(differences) > 1:
+            mean, half = mean_interval(differences)
+            paired.append(f"{label} {mean:+.1f} (95% interval {mean - half:+.1f} to {mean + half:+.1f})")
+    differences = f"\nPaired by seed: {'; '.join(paired)}.\n" if paired else ""
+    return "Review orders at 10% (`--oracle`; gains paired by seed):\n\n" + table + "\n" + differences
 
 
 def decomposition_table(seeds: list[dict]) -> str:
@@ -561,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(corpus_report(corpus, seeds, fractions, args.noise, plot))
         raw[corpus] = seeds
     command = "python -m benchmarks.feedback_loop " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = f"""# The review loop, measured
+    title = "The review queue against an oracle, measured" if args.oracle else "The review loop, measured"
+    report = f"""# {title}
 
 Produced by `benchmarks/feedback_loop.py` ({machine_line()}):
 
