@@ -22,9 +22,13 @@ At 10% it also runs imperfect reviewers (each verdict flipped, each missing tag
 forgotten, with probability 0.1) alone and by majority of three.  With
 ``--decompose`` it splits the full review into its two halves: every tag judged
 but nothing added ("verdicts only"), and the missing tags added with no verdicts
-("additions only"); what each recovers bounds what any partial review can.  The queue's
-precision and the AUC of the per-tag suspicion at finding the wrong tags are
-measured on model 0's app.  Writes ``docs/FEEDBACK.md`` and ``docs/feedback_<corpus>.png``.
+("additions only"); what each recovers bounds what any partial review can.  With
+``--oracle`` it also reviews, at 10%, the images an oracle that knows every wrong
+tag would take and those with the highest mean P(wrong), and reports paired
+differences against the queue (``--report FEEDBACK_ORDERS`` writes them apart).
+The queue's precision, that of other orders, and the AUC of the per-tag suspicion
+at finding the wrong tags are measured on model 0's app.  Writes
+``docs/<REPORT>.md`` and ``docs/<report>_<corpus>.png`` (``FEEDBACK`` by default).
 """
 
 from __future__ import annotations
