@@ -52,6 +52,7 @@ bench: setup  # rewrite docs/PERFORMANCE.md, docs/RELIABILITY.md, docs/FEEDBACK.
 	$(BIN)/python -m benchmarks.durability
 	$(BIN)/python -m benchmarks.hostile
 	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.review_progress
 	$(BIN)/python -m benchmarks.startup --images 1000000  # builds a 2.9 GB gallery under cache/startup once
 	$(BIN)/python -m benchmarks.conversion --images 20000 100000 1000000  # builds datasets sources under cache/conversion once
 	$(BIN)/python -m benchmarks.feedback_loop  # rewrites docs/FEEDBACK.md (needs `make corpora`)

@@ -58,6 +58,7 @@ from vse.serving.feedback import FeedbackStore, RateLimited, VoteError, clean_us
 from vse.serving.gallery import GalleryItem
 from vse.serving.index import KINDS as INDEX_KINDS
 from vse.serving.retrieval import Progress, QueryError, RetrievalService, ReviewQueueNotReady
+from vse.serving.review_progress import ReviewProgress
 from vse.serving.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
 from vse.serving.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 from vse.text import normalize_tag
@@ -353,6 +354,8 @@ class VSEApp:
         self, service: RetrievalService, store: FeedbackStore, config: AppConfig, backup: VoteBackup | None = None
     ):
         self.service, self.store, self.config, self.backup = service, store, config, backup
+        self._progress: ReviewProgress | None = None
+        self._progress_lock = threading.Lock()
         self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
         self.thumbnails = ThumbnailCache(self.thumbnail_dir, THUMBNAIL_CACHE_BYTES)
         # Thumbnails are public gallery images written on their first view:
@@ -562,21 +565,22 @@ class VSEApp:
 
     def reviewable(self, position: int, user: str | None) -> bool:
         """Not yet reviewed by this reviewer, nor by as many people as an image needs."""
-        item = self.current_item(position)
-        if user is not None and item.id in self.store.reviewed_images(user):
+        image_id = self.current_item(position).id
+        if user is not None and self.store.reviewed_images(user, [image_id]):
             return False
-        return self.store.reviewer_counts().get(item.id, 0) < self.config.reviews_per_image
+        return self.store.reviewer_counts([image_id]).get(image_id, 0) < self.config.reviews_per_image
+
+    def review_progress(self) -> ReviewProgress:
+        """The queue's progress tracker (a new one when the queue, the store or ``reviews_per_image`` changed)."""
+        queue, need = self.ready_queue(), self.config.reviews_per_image
+        with self._progress_lock:
+            if self._progress is None or not self._progress.matches(self.store, queue, need):
+                self._progress = ReviewProgress(self.store, queue, self.service.gallery.ids.take, need)
+            return self._progress
 
     def next_position(self, position: int, user: str | None, include_current: bool = False) -> int | None:
-        """The next reviewable queue position after (or at) ``position``; None when the queue is done."""
-        queue = self.ready_queue()
-        counts, mine = self.store.reviewer_counts(), self.store.reviewed_images(user) if user else set()
-        for step in range(0 if include_current else 1, len(queue) + 1):
-            candidate = (position + step) % len(queue)
-            image_id = self.current_item(candidate).id
-            if image_id not in mine and counts.get(image_id, 0) < self.config.reviews_per_image:
-                return candidate
-        return None
+        """The next reviewable queue position after (or at) ``position``, wrapping; None when the queue is done."""
+        return self.review_progress().next_position(position + (0 if include_current else 1), user)
 
     def tag_rows(self, index: int) -> list[tuple[str, float]]:
         """(tag, P(wrong)) of a gallery item, most suspicious first, repeats dropped."""

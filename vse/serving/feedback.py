@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from vse.text import normalize_tag
 
 VERDICTS = ("wrong", "right", "added")
 MAX_FIELD = 200
+SQL_CHUNK = 500  # image ids per IN (...) query, well under SQLite's parameter limit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS votes (
@@ -210,10 +211,21 @@ class FeedbackStore:
         with self._connection() as db:
             return int(db.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
 
-    def reviewed_images(self, user: str | None = None) -> set[str]:
-        query = "SELECT DISTINCT image_id FROM votes" + (" WHERE user = ?" if user else "")
+    def reviewed_images(self, user: str | None = None, image_ids: Sequence[str] | None = None) -> set[str]:
+        """The images ``user`` (anyone, without a user) voted on; only among ``image_ids`` when given (indexed)."""
+        if image_ids is None:
+            query = "SELECT DISTINCT image_id FROM votes" + (" WHERE user = ?" if user else "")
+            with self._connection() as db:
+                return {row[0] for row in db.execute(query, (user,) if user else ())}
+        found: set[str] = set()
         with self._connection() as db:
-            return {row[0] for row in db.execute(query, (user,) if user else ())}
+            by_user = ("user = ? AND ", (user,)) if user else ("", ())
+            for chunk in _chunks(image_ids):
+                query = (
+                    f"SELECT DISTINCT image_id FROM votes WHERE {by_user[0]}image_id IN ({','.join('?' * len(chunk))})"
+                )
+                found.update(row[0] for row in db.execute(query, by_user[1] + chunk))
+        return found
 
     @staticmethod
     def _events_since(db: sqlite3.Connection, user: str, since: float) -> int:
@@ -225,11 +237,28 @@ class FeedbackStore:
         with self._connection() as db:
             return self._events_since(db, user, time.time() - seconds)
 
-    def reviewer_counts(self) -> dict[str, int]:
-        """How many different people voted on each image."""
+    def reviewer_counts(self, image_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """How many different people voted on each image (images without votes are absent).
+
+        With ``image_ids``, only those images are counted, through the index on
+        image ids: the cost follows their number, not the number of votes stored.
+        """
+        query = "SELECT image_id, COUNT(DISTINCT user) FROM votes"
         with self._connection() as db:
-            rows = db.execute("SELECT image_id, COUNT(DISTINCT user) FROM votes GROUP BY image_id")
-            return {image_id: int(count) for image_id, count in rows}
+            if image_ids is None:
+                return {image_id: int(count) for image_id, count in db.execute(query + " GROUP BY image_id")}
+            counts: dict[str, int] = {}
+            for chunk in _chunks(image_ids):
+                rows = db.execute(f"{query} WHERE image_id IN ({','.join('?' * len(chunk))}) GROUP BY image_id", chunk)
+                counts.update((image_id, int(count)) for image_id, count in rows)
+            return counts
+
+
+def _chunks(values: Sequence[str], size: int = SQL_CHUNK) -> Iterator[tuple[str, ...]]:
+    """``values`` in tuples of at most ``size``: SQLite limits the parameters of one statement."""
+    values = list(dict.fromkeys(values))
+    for start in range(0, len(values), size):
+        yield tuple(values[start : start + size])
 
 
 TIE_ORDER = {"right": 0, "added": 1, "wrong": 2}  # lower wins a tie

@@ -284,6 +284,13 @@ class ColumnView(Sequence):
         index = range(len(self))[index]  # IndexError out of range, negatives counted from the end
         return self._column[index if self._positions is None else int(self._positions[index])].as_py()
 
+    def take(self, indices: Sequence[int] | np.ndarray) -> list:
+        """The values at ``indices`` (non-negative), read in one Arrow call."""
+        rows = np.asarray(indices, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError("ColumnView index out of range")
+        return self._column.take(rows if self._positions is None else self._positions[rows]).to_pylist()
+
     def __iter__(self) -> Iterator:
         for start in range(0, len(self), VIEW_BATCH):
             if self._positions is None:
