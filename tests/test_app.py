@@ -182,6 +182,14 @@ def test_reviewed_images_leave_the_queue_once_enough_people_reviewed(served, mon
     assert app.review_next_api("first-reviewer")["image_id"] != item.id
 
 
+def test_the_review_progress_tracker_is_kept_until_what_it_tracks_changes(served, monkeypatch):
+    _, app = served
+    tracker = app.review_progress()
+    assert app.review_progress() is tracker  # one tracker across requests: its done prefix is remembered
+    monkeypatch.setattr(app.config, "reviews_per_image", app.config.reviews_per_image + 1)
+    assert app.review_progress() is not tracker and app.review_progress().need == app.config.reviews_per_image
+
+
 def test_review_next_and_vote_validation_through_the_api(served, monkeypatch):
     from gradio_client.exceptions import AppError
 
