@@ -58,7 +58,7 @@ from vse.serving.feedback import FeedbackStore, RateLimited, VoteError, clean_us
 from vse.serving.gallery import GalleryItem
 from vse.serving.index import KINDS as INDEX_KINDS
 from vse.serving.retrieval import Progress, QueryError, RetrievalService, ReviewQueueNotReady
-from vse.serving.review_progress import ReviewProgress
+from vse.serving.review_progress import Leases, ReviewProgress
 from vse.serving.thumbnails import THUMBNAIL_SIDE, ThumbnailCache, scaled_down, stored_side
 from vse.serving.vote_backup import FolderFiles, HubDatasetFiles, HubFiles, VoteBackup
 from vse.text import normalize_tag
@@ -305,6 +305,11 @@ class AppConfig:
     # An image leaves the review queue once this many different people reviewed it
     # (3 for majority voting over three reviewers).
     reviews_per_image: int = field(default=1, metadata={"help": "reviewers per image before it leaves the queue"})
+    # Reviewers working at the same time are given different images: one handed out is kept from the
+    # others until its reviewer votes on it or skips it, or this long (vse/serving/review_progress.py).
+    review_lease_seconds: float = field(
+        default=600.0, metadata={"help": "seconds an image handed to a reviewer is kept from others (0: off)"}
+    )
     backup: str | None = field(
         default=None,
         metadata={"help": "Hub dataset repo id or folder the votes are backed up to (vse/serving/vote_backup.py)"},
@@ -323,6 +328,8 @@ class AppConfig:
             raise ValueError(f"query_precision must be one of {QUERY_PRECISIONS}, got {self.query_precision!r}")
         if self.votes_per_minute < 1 or self.reviews_per_image < 1 or self.backup_seconds <= 0:
             raise ValueError("votes_per_minute and reviews_per_image must be at least 1, backup_seconds positive")
+        if not self.review_lease_seconds >= 0:
+            raise ValueError("review_lease_seconds must not be negative")
 
 
 # A Space passes no arguments: its variables set the fields. Precedence, lowest
@@ -338,6 +345,7 @@ APP_COMMAND_LINE = CommandLine(
         "query_precision": "VSE_QUERY_PRECISION",
         "votes_per_minute": "VSE_VOTES_PER_MINUTE",
         "reviews_per_image": "VSE_REVIEWS_PER_IMAGE",
+        "review_lease_seconds": "VSE_REVIEW_LEASE_SECONDS",
         "backup": "VSE_FEEDBACK_REPO",
         "backup_seconds": "VSE_BACKUP_SECONDS",
         "oauth": "VSE_OAUTH",
@@ -356,6 +364,7 @@ class VSEApp:
         self.service, self.store, self.config, self.backup = service, store, config, backup
         self._progress: ReviewProgress | None = None
         self._progress_lock = threading.Lock()
+        self.leases = Leases(config.review_lease_seconds)
         self.thumbnail_dir = Path(config.data_dir) / "thumbnails"
         self.thumbnails = ThumbnailCache(self.thumbnail_dir, THUMBNAIL_CACHE_BYTES)
         # Thumbnails are public gallery images written on their first view:
@@ -562,6 +571,7 @@ class VSEApp:
             ) from None
         except VoteError as err:
             raise refusal(str(err)) from None
+        self.leases.release(item.id, user)  # a vote on it ends the reviewer's lease; their vote counts now
 
     def reviewable(self, position: int, user: str | None) -> bool:
         """Not yet reviewed by this reviewer, nor by as many people as an image needs."""
@@ -575,7 +585,7 @@ class VSEApp:
         queue, need = self.ready_queue(), self.config.reviews_per_image
         with self._progress_lock:
             if self._progress is None or not self._progress.matches(self.store, queue, need):
-                self._progress = ReviewProgress(self.store, queue, self.service.gallery.ids.take, need)
+                self._progress = ReviewProgress(self.store, queue, self.service.gallery.ids.take, need, self.leases)
             return self._progress
 
     def next_position(self, position: int, user: str | None, include_current: bool = False) -> int | None:
@@ -662,6 +672,7 @@ class VSEApp:
     def skip(self, position: int, name: str, profile: gr.OAuthProfile | None):
         """Show the next image that still needs a review (this one stays in the queue for others)."""
         user = self.reviewer(name, profile)
+        self.leases.release(self.current_item(position).id, user)
         candidate = self.next_position(position, user)
         if candidate is None:
             candidate = position

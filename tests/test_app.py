@@ -182,6 +182,19 @@ def test_reviewed_images_leave_the_queue_once_enough_people_reviewed(served, mon
     assert app.review_next_api("first-reviewer")["image_id"] != item.id
 
 
+def test_reviewers_at_work_together_are_given_different_images_through_the_api(served):
+    client, app = served
+    first = client.predict("lease-a", api_name="/review_next")
+    second = client.predict("lease-b", api_name="/review_next")
+    assert first["image_id"] != second["image_id"]
+    assert client.predict("lease-a", api_name="/review_next")["image_id"] == first["image_id"]  # still hers
+    shown = [t["tag"] for t in second["tags"]]
+    client.predict(second["image_id"], [], shown, [], "lease-b", api_name="/review")  # a vote ends the lease
+    assert client.predict("lease-b", api_name="/review_next")["image_id"] not in (first["image_id"], second["image_id"])
+    app.skip(first["position"], "lease-a", None)  # skipping hands the image back to the others
+    assert client.predict("lease-c", api_name="/review_next")["image_id"] == first["image_id"]
+
+
 def test_the_review_progress_tracker_is_kept_until_what_it_tracks_changes(served, monkeypatch):
     _, app = served
     tracker = app.review_progress()

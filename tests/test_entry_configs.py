@@ -172,12 +172,16 @@ def test_push_masks_the_token_in_the_printed_config(capsys):
 
 def test_app_reads_the_space_variables_below_the_command_line(capsys):
     environ = {"VSE_MODEL": "user/model", "VSE_GALLERY": "user/gallery", "VSE_OAUTH": "1", "VSE_FEEDBACK_REPO": "",
-               "VSE_REVIEWS_PER_IMAGE": "3", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8000"}  # fmt: skip
+               "VSE_REVIEWS_PER_IMAGE": "3", "VSE_REVIEW_LEASE_SECONDS": "90", "GRADIO_SERVER_NAME": "0.0.0.0",
+               "GRADIO_SERVER_PORT": "8000"}  # fmt: skip
     status, out, _ = run(app_main, ["--gallery", "USER/DATASET", "--print-config"], capsys, environ=environ)
     config = json.loads(out)
     assert status == 0
     assert config["model"] == "user/model" and config["gallery"] == "USER/DATASET"  # the command line wins
     assert config["oauth"] is True and config["backup"] is None and config["reviews_per_image"] == 3
+    assert config["review_lease_seconds"] == 90
     assert (config["host"], config["port"]) == ("0.0.0.0", 8000)
     status, _, err = run(app_main, ["--print-config"], capsys, environ={"VSE_OAUTH": "perhaps"})
     assert status == 2 and "VSE_OAUTH='perhaps'" in only_error(err)
+    status, _, err = run(app_main, ["--review-lease-seconds=-1", "--print-config"], capsys)
+    assert status == 2 and "review_lease_seconds must not be negative" in only_error(err)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vse.serving.feedback import FeedbackStore, Vote
-from vse.serving.review_progress import ReviewProgress, scan_order
+from vse.serving.review_progress import SWEEP_EVERY, Leases, ReviewProgress, scan_order
 
 
 def naive_next_position(store: FeedbackStore, queue: list[int], ids: list[str], first: int, user, need: int):
@@ -95,3 +95,67 @@ def test_column_view_take_reads_the_values_at_some_indices():
         for bad in [[len(view)], [-1]]:
             with pytest.raises(IndexError):
                 view.take(bad)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_leases_expire_end_on_release_and_are_swept():
+    clock = FakeClock()
+    leases = Leases(60, clock)
+    leases.grant("img", "ann")
+    leases.grant("img", None)  # an unknown reviewer holds nothing
+    assert leases.others("img", "bob") == 1 and leases.others("img", "ann") == 0 and leases.others("other", "bob") == 0
+    clock.now += 59
+    leases.grant("img", "cy")
+    assert leases.others("img", "bob") == 2 and leases.held() == 2
+    clock.now += 2  # ann's lease ran out, cy's has not
+    assert leases.others("img", "bob") == 1
+    leases.release("img", "cy")
+    leases.release("img", "nobody")
+    assert leases.others("img", "bob") == 0 and leases.held() == 0
+    for k in range(SWEEP_EVERY):  # expired leases do not pile up
+        leases.grant(f"img{k}", "ann")
+    clock.now += 61
+    for _ in range(SWEEP_EVERY):
+        leases.grant("last", "ann")
+    assert list(leases._held) == ["last"]  # the expired ones were dropped from memory
+    assert Leases(0).held() == 0
+    leases_off = Leases(0, clock)
+    leases_off.grant("img", "ann")
+    assert leases_off.others("img", "bob") == 0
+    with pytest.raises(ValueError, match="negative"):
+        Leases(-1)
+
+
+def test_reviewers_asking_at_once_are_given_different_images(tmp_path):
+    clock = FakeClock()
+    ids = [f"img{i}" for i in range(6)]
+    store = FeedbackStore(tmp_path / "votes.db")
+    leases = Leases(600, clock)
+    progress = ReviewProgress(store, list(range(6)), lambda rows: [ids[r] for r in rows], 1, leases)
+    assert [progress.next_position(0, user) for user in ["ann", "bob", "cy"]] == [0, 1, 2]
+    assert progress.next_position(0, "ann") == 0  # asking again gives the image one holds
+    assert progress.next_position(0, None) == 3  # a viewer who is not reviewing is shown an open image, leases none
+    assert progress.next_position(0, "dee") == 3
+    store.add_vote("ann", "img0", "tag", "right", "r")
+    leases.release("img0", "ann")
+    assert progress.next_position(0, "ann") == 4  # img0 is done, img1-img3 are held
+    clock.now += 601  # every lease ran out: bob, cy, dee and ann walked away
+    assert [progress.next_position(0, user) for user in ["eve", "fay", "gus", "hal", "ivy"]] == [1, 2, 3, 4, 5]
+    assert progress.next_position(0, "jay") == 1  # only held images left: the first is given all the same
+    for image_id in ids[1:]:
+        store.add_vote("zed", image_id, "tag", "right", "r")
+    assert progress.next_position(0, "ivy") is None
+
+
+def test_an_image_needing_two_reviewers_is_given_to_two_at_once(tmp_path):
+    ids = ["img0", "img1"]
+    store = FeedbackStore(tmp_path / "votes.db")
+    progress = ReviewProgress(store, [0, 1], lambda rows: [ids[r] for r in rows], 2, Leases(600))
+    assert [progress.next_position(0, user) for user in ["ann", "bob", "cy"]] == [0, 0, 1]
