@@ -12,16 +12,23 @@ the app's ``ReviewProgress`` (a remembered done prefix, indexed queries on a few
 images) and with the full scan it replaced (every vote counted, the queue walked
 from its start, ``full_scan_next_position`` below), swapped in on the same app.
 The first ``/review_next`` after the start is reported apart: it finds the done
-prefix.  Writes the "review-progress" section of docs/PERFORMANCE.md.
+prefix.  Then ``--together`` reviewers work at once through the API, with the
+app's review leases off and on, and the reviews that repeated another
+reviewer's image are counted.  Writes the "review-progress" section of
+docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import random
 import sys
 import tempfile
+import threading
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.app import scaled_service
@@ -68,6 +75,21 @@ def review_session(client: GradioHTTPClient, name: str, reviews: int) -> tuple[f
     return first, later
 
 
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """The app's UI and API on a free loopback port; yields its URL."""
+    import app as app_module
+
+    demo = app_module.queued(app_module.build_ui(app))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        demo.state_holder.session_data.clear()
+
+
 def measure(service, reviewed: int, reviews: int) -> dict:
     import app as app_module
     from vse.serving.feedback import FeedbackStore
@@ -79,19 +101,48 @@ def measure(service, reviewed: int, reviews: int) -> dict:
         store.merge(earlier_reviews(seed, reviewed))
         votes = store.count()
         app = app_module.VSEApp(service, store, config)  # a restart over the stored votes
-        demo = app_module.queued(app_module.build_ui(app))
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-        client = GradioHTTPClient(f"http://127.0.0.1:{port}/")
-        try:
+        with serving(app) as url:
+            client = GradioHTTPClient(url)
             progress_first, progress = review_session(client, "progress-reviewer", reviews)
             app.next_position = types.MethodType(full_scan_next_position, app)
             scan_first, scan = review_session(client, "full-scan-reviewer", reviews)
-        finally:
-            demo.close()
-            demo.state_holder.session_data.clear()
     return {"reviewed": reviewed, "votes": votes, "progress_first": progress_first, "progress": progress,
             "scan_first": scan_first, "scan": scan}  # fmt: skip
+
+
+def work_together(service, lease_seconds: float, reviewers: int, reviews: int, think: float) -> dict:
+    """``reviewers`` people reviewing at once through the API, each ``reviews`` images, pausing about ``think``
+    seconds on each; how many reviews they made and how many different images those covered."""
+    import app as app_module
+    from vse.serving.feedback import FeedbackStore
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        store = FeedbackStore(Path(data_dir) / "votes.db")
+        config = app_module.AppConfig(data_dir=data_dir, votes_per_minute=10**9, review_lease_seconds=lease_seconds)
+        errors: list[str] = []
+        with serving(app_module.VSEApp(service, store, config)) as url:
+
+            def review(person: int) -> None:
+                client, rng, name = GradioHTTPClient(url), random.Random(person), f"together-{person}"
+                try:
+                    for _ in range(reviews):
+                        task = client.predict(name, api_name="/review_next")[0]
+                        if task["image_id"] is None:
+                            return
+                        time.sleep(rng.uniform(0, 2 * think))
+                        shown = [t["tag"] for t in task["tags"]]
+                        client.predict(task["image_id"], [], shown, [], name, api_name="/review")
+                except Exception as err:  # reported, not raised from a thread
+                    errors.append(f"{type(err).__name__}: {err}")
+
+            threads = [threading.Thread(target=review, args=(person,)) for person in range(reviewers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        votes = store.votes()
+    made = len({(vote.user, vote.image_id) for vote in votes})
+    return {"reviews": made, "images": len({vote.image_id for vote in votes}), "errors": errors}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery-size", type=int, default=100_000)
     parser.add_argument("--reviewed", type=int, nargs="+", default=[0, 1000, 10_000, 50_000])
     parser.add_argument("--reviews", type=int, default=30, help="images the timed reviewer reviews, per method")
+    parser.add_argument("--together", type=int, default=4, help="reviewers working at once (0: not measured)")
+    parser.add_argument("--think", type=float, default=0.5, help="mean seconds each of them spends on an image")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args(argv)
     if max(args.reviewed) + 2 * args.reviews > args.gallery_size:
@@ -120,6 +173,20 @@ def main(argv: list[str] | None = None) -> int:
          "full scan: first ms", "full scan: p50 ms", "full scan / progress"], rows,
     )  # fmt: skip
     print(table)
+    together = ""
+    if args.together > 0:
+        shared = []
+        for label, lease in (("off (`--review-lease-seconds=0`)", 0.0), ("on (600 s, the default)", 600.0)):
+            result = work_together(service, lease, args.together, args.reviews, args.think)
+            for error in result["errors"][:3]:
+                print("error:", error)
+            shared.append([label, result["reviews"], result["images"], result["reviews"] - result["images"],
+                           f"{100 * (result['reviews'] - result['images']) / max(1, result['reviews']):.0f}%"])  # fmt: skip
+        together = markdown_table(
+            ["leases", "reviews made", "different images", "reviews of an image someone else reviewed", "wasted"],
+            shared,
+        )
+        print(together)
     if not args.no_report:
         command = "python -m benchmarks.review_progress " + " ".join(argv if argv is not None else sys.argv[1:])
         body = f"""## Review queue progress
@@ -134,6 +201,15 @@ replaced (every vote counted and the queue walked from its start on each call), 
 same run.
 
 {table}
+"""
+        if together:
+            body += f"""
+**Reviewers at work together.** {args.together} simulated reviewers at once, each asking `/review_next`, spending
+a random 0-{2 * args.think:g} s on the image and sending its `/review`, {args.reviews} images each; one review per image
+is needed, so a second review of an image is wasted work. With leases an image handed to one reviewer is kept from
+the others until they review or skip it (`Leases`, `VSE_REVIEW_LEASE_SECONDS`).
+
+{together}
 """
         write_section("review-progress", body)
     return 0

@@ -27,7 +27,7 @@ def docs_digest() -> str:
         ("hostile", ["--uploads", "2", "--refusals", "5"]),
         ("load", ["--clients", "2", "--seconds", "3"]),
         ("app", ["--gallery-size", "3000", "--queries", "8", "--clients", "2", "--browser-queries", "3"]),
-        ("review_progress", ["--gallery-size", "3000", "--reviewed", "0", "500", "--reviews", "5"]),
+        ("review_progress", ["--gallery-size", "3000", "--reviewed", "0", "500", "--reviews", "5", "--think", "0.05"]),
     ],
 )
 def test_benchmark_runs_and_prints_its_table(module, argv, capsys):
