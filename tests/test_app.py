@@ -316,6 +316,8 @@ def test_votes_survive_an_app_restart_on_an_empty_disk(tmp_path):
     assert (repo / "votes").is_dir()
     with running_app(tmp_path / "disk-2", backup=str(repo)) as (url, app):
         assert [(v.user, v.image_id, v.verdict) for v in app.store.votes()] == [("restart-tester", item.id, "wrong")]
+        task = Client(url, verbose=False).predict("after-restart", api_name="/review_next")
+        assert task["image_id"] != item.id and app.review_progress().done_before >= 1  # restored votes count
         Client(url, verbose=False).predict(item.id, item.tags[0], "right", "restart-tester", api_name="/vote")
     with running_app(tmp_path / "disk-3", backup=str(repo)) as (url, app):
         assert [v.verdict for v in app.store.votes()] == ["right"]  # the latest vote of both runs

@@ -4,19 +4,19 @@ The review queue is a fixed order of gallery images; an image is *done* once
 ``need`` different people voted on it, and a reviewer is offered the first image
 that is neither done nor already reviewed by them.  Reading every vote to decide
 that (one ``GROUP BY`` over the whole table, then a walk over the queue from its
-start) costs time in proportion to the reviews already stored: 2.2 s for each
-``/review_next`` once 50,000 images of a 100,000-image gallery were reviewed
-(docs/PERFORMANCE.md, "Review queue progress").
+start) costs time in proportion to the reviews already stored: about 2 s for
+each ``/review_next`` once 50,000 images of a 100,000-image gallery were
+reviewed (docs/PERFORMANCE.md, "Review queue progress").
 
 Votes are never deleted, so an image that is done stays done and the queue's
 *done prefix* (every position before it is done) only moves forward.
 ``ReviewProgress`` remembers that prefix and checks the positions after it a
 chunk at a time with indexed queries (``FeedbackStore.reviewer_counts`` and
 ``reviewed_images`` restricted to the chunk's images), the chunk doubling while
-it finds nothing; the prefix is found once, from every vote, when the tracker is
-made (at the first review request).  Finding the next image then costs about the number of images
-handed out but not finished, plus those this reviewer reviewed that still need
-others, not the number of votes.
+it finds nothing; the prefix is found once, from every vote, when the tracker
+is made (at the first review request).  Finding the next image then costs about
+the number of images handed out but not finished, plus those this reviewer
+reviewed that still need others, not the number of votes.
 
 ``Leases`` keep an image handed to one reviewer from the others for a while, so
 that reviewers working at the same time are given different images.
