@@ -53,25 +53,82 @@ def test_conversion_benchmark_converts_a_small_datasets_source_once(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path, capsys):
-    """Noise, model 0, the app's queue and random arms through its API, export, retrain: all of it, tiny."""
+def test_feedback_loop_benchmark_runs_on_a_tiny_corpus(tmp_path):
+    """Noise, model 0, the app's queue and random arms through its API, export, retrain: all of it, tiny.
+
+    Then ``--render`` writes the same report again from the results it recorded.
+    """
     from benchmarks import feedback_loop
     from vse.testing.shapes import make_shapes_dataset
 
     make_shapes_dataset(tmp_path / "data" / "shapes")
     before = docs_digest()
+    docs = tmp_path / "docs"
     argv = ["--corpus", "shapes", "--seeds", "1", "--fractions", "0.1", "--data-root", str(tmp_path / "data"),
-            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--no-report", "--decompose", "--oracle", "--",
+            "--cache-root", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--docs", str(docs),
+            "--decompose", "--oracle", "--report", "TINY", "--",
             "--stage1.optim.epochs=2", "--stage1.optim.steps_per_epoch=5", "--web.suspicion_steps=5"]  # fmt: skip
     assert feedback_loop.main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "## shapes" in printed and "queue / random" in printed and "majority of three" in printed
-    assert "every tag judged, nothing added" in printed and "the missing tags added, no verdicts" in printed
-    assert "| oracle: most wrong tags first |" in printed and "| mean P(wrong) |" in printed  # --oracle's arms
-    assert "| sum / √count (the app's) |" in printed  # the orders compared on model 0
+    written = (docs / "TINY.md").read_text()
+    assert "## shapes" in written and "queue / random" in written and "majority of three" in written
+    assert "every tag judged, nothing added" in written and "the missing tags added, no verdicts" in written
+    assert "| oracle: most wrong tags first |" in written and "| mean P(wrong) |" in written  # --oracle's arms
+    assert "| sum / √count (the app's) |" in written  # the orders compared on model 0
+    assert "| recovers ≥ 50% of the gap (full − none), every seed |" in written  # the targets table
+    assert (docs / "tiny_shapes.png").is_file() and (docs / "tiny_runs.json").is_file()
     assert docs_digest() == before
     result = (tmp_path / "work" / "shapes" / "seed0" / "majority10" / "result.json").read_text()
     assert '"reviewers": 3' in result
+
+    (docs / "tiny_shapes.png").unlink()
+    assert feedback_loop.main(["--render", "--docs", str(docs), "--report", "TINY"]) == 0
+    again = (docs / "TINY.md").read_text()
+    note = "\nRendered again from the results that run recorded (`tiny_runs.json`) by " \
+           "`python -m benchmarks.feedback_loop --render --report TINY`.\n"  # fmt: skip
+    assert note in again and again.replace(note, "", 1) == written
+    assert (docs / "tiny_shapes.png").is_file()
+
+
+def test_render_refuses_a_report_that_is_missing_or_names_no_command(tmp_path):
+    from benchmarks import feedback_loop
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        feedback_loop.main(["--render", "--docs", str(tmp_path)])
+    (tmp_path / "FEEDBACK.md").write_text("# hand-written\n")
+    with pytest.raises(SystemExit, match="names no"):
+        feedback_loop.main(["--render", "--docs", str(tmp_path)])
+    (tmp_path / "FEEDBACK.md").write_text("```bash\npython -m benchmarks.feedback_loop --seeds 2\n```\n")
+    with pytest.raises(SystemExit, match="feedback_runs.json does not exist"):
+        feedback_loop.main(["--render", "--docs", str(tmp_path)])
+
+
+def _seed(none, full, queue, random, oracle=None, ratio=1.8, auc=0.88):
+    arms = {"none": {"test": none}, "full": {"test": full}, "queue10": {"test": queue}, "random10": {"test": random}}
+    if oracle is not None:
+        arms["oracle10"] = {"test": oracle}
+    quality = {"queue10_ratio": ratio, "auc": auc, "overall_wrong": 0.3, "oracle10_wrong": 0.6}
+    return {"arms": arms, "quality": quality}
+
+
+def test_target_checks_match_the_issue_rules_computed_by_hand():
+    from benchmarks.feedback_loop import target_checks
+
+    seeds = [
+        _seed(100, 110, 106, 102, oracle=107, ratio=2.1, auc=0.90),  # gap 10: queue 60%, 3× random
+        _seed(100, 120, 104, 99, oracle=111, ratio=1.9, auc=0.84),  # gap 20: queue 20%; random lost
+        _seed(100, 98, 101, 100, oracle=100, ratio=2.2, auc=0.86),  # no gap: nothing to recover
+    ]
+    recover, beat, wrong, auc = target_checks(seeds)
+    # naive: share of the mean gap = mean gain / mean gap; a seed recovers when gap > 0 and gain >= gap / 2
+    assert recover.measured.startswith(f"{100 * (11 / 3) / (28 / 3):.0f}% of the mean gap (+9.3)")
+    assert (recover.meeting, recover.seeds, recover.met) == (1, 3, False)
+    assert recover.oracle == "64% of the mean gap (+9.3); 2 of 3 seeds"  # mean 6 / 9.33; 7 >= 5, 11 >= 10
+    # a seed beats random when its gain is positive and at least twice random's
+    assert beat.measured == f"{11 / 3:+.1f} against {1 / 3:+.1f}, 11.0×"
+    assert (beat.meeting, beat.met) == (3, True)
+    assert (wrong.measured, wrong.meeting, wrong.met, wrong.oracle) == ("2.07×", 2, True, "2.00×")
+    assert (auc.measured, auc.meeting, auc.met) == ("0.867", 2, True)
+    assert target_checks([{"arms": {"none": {"test": 1}, "full": {"test": 2}}, "quality": {}}]) == []
 
 
 def test_the_oracle_review_order_takes_the_most_wrong_tags_first_then_the_shortest_list():
