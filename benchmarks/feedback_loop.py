@@ -347,6 +347,11 @@ def rsum_of(seeds: list[dict], key: str) -> list[float]:
     return [seed["arms"][key]["test"] for seed in seeds if key in seed["arms"]]
 
 
+def gains_of(seeds: list[dict], key: str) -> np.ndarray:
+    """(seeds,) test rsum gain of an arm over no review, paired by seed."""
+    return np.array([seed["arms"][key]["test"] - seed["arms"]["none"]["test"] for seed in seeds])
+
+
 def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise: float, plot: str) -> str:
     none, full = rsum_of(seeds, "none"), rsum_of(seeds, "full")
     rows = []
@@ -362,9 +367,9 @@ def corpus_report(corpus: str, seeds: list[dict], fractions: list[float], noise:
     lines = []
     with_oracle = all("oracle10" in seed["arms"] for seed in seeds)
     if "queue10" in seeds[0]["arms"]:
-        gaps = [seed["arms"]["full"]["test"] - seed["arms"]["none"]["test"] for seed in seeds]
+        gaps = gains_of(seeds, "full")
         arms = ("queue10", "random10", *(("oracle10",) if with_oracle else ()))
-        gains = {arm: [seed["arms"][arm]["test"] - seed["arms"]["none"]["test"] for seed in seeds] for arm in arms}
+        gains = {arm: gains_of(seeds, arm) for arm in arms}
         for index, gap in enumerate(gaps):
             lines.append(recovery_row(f"seed {index}", gap, *(gains[arm][index] for arm in arms)))
         lines.append(recovery_row("mean", np.mean(gaps), *(np.mean(gains[arm]) for arm in arms)))
@@ -446,11 +451,10 @@ def order_arms_table(seeds: list[dict]) -> str:
     """Test rsum after reviewing 10% of the images in each order, gains paired by seed ("" without ``--oracle``)."""
     if not all("oracle10" in seed["arms"] and "mean10" in seed["arms"] for seed in seeds):
         return ""
-    none = np.array(rsum_of(seeds, "none"))
-    gap = np.array(rsum_of(seeds, "full")) - none
+    gap = gains_of(seeds, "full")
     rows = []
     for key, label in [*ORDER_ARMS.items(), ("full", "everything reviewed")]:
-        gains = np.array(rsum_of(seeds, key)) - none
+        gains = gains_of(seeds, key)
         share = f"{100 * gains.mean() / gap.mean():.0f}%" if gap.mean() > 0 else "–"
         interval = "–"  # one seed has no interval
         if len(gains) > 1:
@@ -478,11 +482,11 @@ def decomposition_table(seeds: list[dict]) -> str:
     """The full review split into its verdicts and its additions, each with its share of the gap ("" if not run)."""
     if not all("verdicts_only" in seed["arms"] for seed in seeds):
         return ""
-    gaps = np.array([seed["arms"]["full"]["test"] - seed["arms"]["none"]["test"] for seed in seeds])
+    gaps = gains_of(seeds, "full")
     rows = []
     for key, label in (("verdicts_only", "every tag judged, nothing added"),
                        ("additions_only", "the missing tags added, no verdicts"), ("full", "both (the full review)")):  # fmt: skip
-        gains = np.array([seed["arms"][key]["test"] - seed["arms"]["none"]["test"] for seed in seeds])
+        gains = gains_of(seeds, key)
         share = f"{100 * gains.mean() / gaps.mean():.0f}%" if gaps.mean() > 0 else "–"
         rows.append([label, mean_std(rsum_of(seeds, key)), f"{gains.mean():+.1f}", share])
     table = markdown_table(["every image reviewed, the reviewer sends", "test rsum", "gain over none", "share of the gap"],
@@ -510,11 +514,6 @@ class TargetCheck:
 
     def row(self) -> list[str]:
         return [self.target, self.measured, f"{self.meeting} of {self.seeds}", "yes" if self.met else "no", self.oracle]
-
-
-def gains_of(seeds: list[dict], key: str) -> np.ndarray:
-    """(seeds,) test rsum gain of an arm over no review, paired by seed."""
-    return np.array([seed["arms"][key]["test"] - seed["arms"]["none"]["test"] for seed in seeds])
 
 
 def target_checks(seeds: list[dict]) -> list[TargetCheck]:
@@ -646,23 +645,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PROG = "python -m benchmarks.feedback_loop"
-COMMAND = re.compile(r"^```bash\n(python -m benchmarks\.feedback_loop[^\n]*)\n```$", re.MULTILINE)
+PRODUCED = re.compile(
+    r"^Produced by `benchmarks/feedback_loop\.py` \((?P<machine>[^\n]*)\):\n\n"
+    r"```bash\n(?P<command>python -m benchmarks\.feedback_loop[^\n]*)\n```$",
+    re.MULTILINE,
+)
 
 
-def recorded_command(report: Path) -> str:
-    """The command line a written report says produced it."""
+def recorded_run(report: Path) -> tuple[str, str]:
+    """(command line, machine) that a written report says produced it."""
     if not report.is_file():
         raise SystemExit(f"--render: {report} does not exist; run the benchmark first")
-    found = COMMAND.search(report.read_text(encoding="utf-8"))
+    found = PRODUCED.search(report.read_text(encoding="utf-8"))
     if found is None:
         raise SystemExit(f"--render: {report} names no `{PROG}` command")
-    return found.group(1)
+    return found["command"], found["machine"]
 
 
-def render_report(args: argparse.Namespace, command: str, sections: list[str], rendered: str = "") -> str:
+def render_report(args: argparse.Namespace, command: str, machine: str, sections: list[str], rendered: str = "") -> str:
     return f"""# {"The review queue against an oracle, measured" if args.oracle else "The review loop, measured"}
 
-Produced by `benchmarks/feedback_loop.py` ({machine_line()}):
+Produced by `benchmarks/feedback_loop.py` ({machine}):
 
 ```bash
 {command.strip()}
@@ -683,7 +686,7 @@ and of the random picks varies).
 def rerender(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``--render``: the report again from its recorded results, under the command that produced them."""
     docs = Path(args.docs)
-    command = recorded_command(docs / f"{args.report}.md")
+    command, machine = recorded_run(docs / f"{args.report}.md")
     recorded = parser.parse_args(shlex.split(command)[3:])
     runs = docs / f"{recorded.report.lower()}_runs.json"
     if not runs.is_file():
@@ -696,7 +699,9 @@ def rerender(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         plot_curve(seeds, fractions, docs / plot, f"{corpus}, {int(100 * recorded.noise)}% of tags replaced")
         sections.append(corpus_report(corpus, seeds, fractions, recorded.noise, plot))
     again = f"\nRendered again from the results that run recorded (`{runs.name}`) by `{PROG} --render --report {args.report}`.\n"
-    (docs / f"{args.report}.md").write_text(render_report(recorded, command, sections, again), encoding="utf-8")
+    (docs / f"{args.report}.md").write_text(
+        render_report(recorded, command, machine, sections, again), encoding="utf-8"
+    )
     return 0
 
 
@@ -728,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(corpus_report(corpus, seeds, fractions, args.noise, plot))
         raw[corpus] = seeds
     command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = render_report(args, command, sections)
+    report = render_report(args, command, machine_line(), sections)
     if args.no_report:
         print(report)
     else:

@@ -97,7 +97,8 @@ def test_render_refuses_a_report_that_is_missing_or_names_no_command(tmp_path):
     (tmp_path / "FEEDBACK.md").write_text("# hand-written\n")
     with pytest.raises(SystemExit, match="names no"):
         feedback_loop.main(["--render", "--docs", str(tmp_path)])
-    (tmp_path / "FEEDBACK.md").write_text("```bash\npython -m benchmarks.feedback_loop --seeds 2\n```\n")
+    produced = "Produced by `benchmarks/feedback_loop.py` (x86_64, 2 cores):\n\n"
+    (tmp_path / "FEEDBACK.md").write_text(produced + "```bash\npython -m benchmarks.feedback_loop --seeds 2\n```\n")
     with pytest.raises(SystemExit, match="feedback_runs.json does not exist"):
         feedback_loop.main(["--render", "--docs", str(tmp_path)])
 
